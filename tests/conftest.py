@@ -1,0 +1,50 @@
+"""Shared test fixtures.
+
+The golden parity data lives in the project's ``shared`` folder beside the checkout
+(``<checkout>/../shared``), or wherever ``S2V_SHARED_DIR`` points. Tests that need it skip
+with a clear reason when it is absent; product code never depends on it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_dir() -> Path | None:
+    env = os.environ.get("S2V_SHARED_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO_ROOT.parent / "shared")
+    for c in candidates:
+        if (c / "wan_s2v").is_dir():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    d = _shared_dir()
+    if d is None:
+        pytest.skip("golden data not found: set S2V_SHARED_DIR or place shared/ beside the checkout")
+    return d
+
+
+@pytest.fixture(scope="session")
+def golden_dir(shared_dir: Path) -> Path:
+    return shared_dir / "wan_s2v" / "golden"
+
+
+@pytest.fixture(scope="session")
+def golden_vae_t5_dir(shared_dir: Path) -> Path:
+    return shared_dir / "wan_s2v" / "golden_vae_t5"
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    torch.manual_seed(0)
+    yield
