@@ -1,0 +1,161 @@
+"""results.parquet: one row per shot of a run, written atomically.
+
+A published output without a record here is not done (DESIGN.md), so this file is rewritten
+whole through temp file + fsync + rename; a reader never sees a partial table.
+Timestamps are timezone-aware UTC; naive datetimes are refused because their zone is unknowable.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from manifests.atomic import atomic_write_table
+
+STATUSES: tuple[str, ...] = ("pending", "running", "done", "failed", "skipped")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_UTC_TS = pa.timestamp("us", tz="UTC")
+
+RESULTS_SCHEMA = pa.schema(
+    [
+        pa.field("shot_id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("attempts", pa.int32(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("output", pa.string()),
+        pa.field("sha256", pa.string()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("frames", pa.int64()),
+        pa.field("fps", pa.float64()),
+        pa.field("resolved_seed", pa.int64()),
+        pa.field("started_at", _UTC_TS),
+        pa.field("finished_at", _UTC_TS),
+        pa.field("wall_s", pa.float64()),
+        pa.field("gpu_seconds", pa.float64()),
+        pa.field("segments_total", pa.int32()),
+        pa.field("segments_done", pa.int32()),
+    ]
+)
+
+
+class ResultsError(ValueError):
+    """A results row or file does not match the results schema (message names row and column)."""
+
+
+@dataclass
+class ResultRow:
+    shot_id: str
+    status: str = "pending"
+    attempts: int = 0
+    error: str | None = None
+    output: str | None = None
+    sha256: str | None = None
+    duration_s: float | None = None
+    frames: int | None = None
+    fps: float | None = None
+    resolved_seed: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    wall_s: float | None = None
+    gpu_seconds: float | None = None
+    segments_total: int | None = None
+    segments_done: int | None = None
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(ResultRow))
+assert _FIELD_NAMES == tuple(RESULTS_SCHEMA.names), "ResultRow and RESULTS_SCHEMA must list the same columns"
+
+
+def _normalise(index: int, row: ResultRow | Mapping[str, Any]) -> dict[str, Any]:
+    values = asdict(row) if isinstance(row, ResultRow) else dict(row)
+
+    def bad(column: str, expected: str) -> ResultsError:
+        return ResultsError(
+            f"results row {index}, column {column!r}: got {values.get(column)!r}; expected {expected}"
+        )
+
+    unknown = sorted(set(values) - set(_FIELD_NAMES))
+    if unknown:
+        raise ResultsError(
+            f"results row {index}: unknown column(s) {unknown}; known: {', '.join(_FIELD_NAMES)}"
+        )
+    out = {name: values.get(name) for name in _FIELD_NAMES}
+    out["attempts"] = 0 if out["attempts"] is None else out["attempts"]
+    if not isinstance(out["shot_id"], str) or not out["shot_id"]:
+        raise bad("shot_id", "a non-empty string")
+    if out["status"] not in STATUSES:
+        raise bad("status", "one of " + ", ".join(STATUSES))
+    for column in ("attempts", "frames", "resolved_seed", "segments_total", "segments_done"):
+        v = out[column]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise bad(column, "a non-negative integer")
+    for column in ("duration_s", "fps", "wall_s", "gpu_seconds"):
+        v = out[column]
+        if v is not None and (
+            isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0
+        ):
+            raise bad(column, "a finite non-negative number")
+    if out["sha256"] is not None and not (
+        isinstance(out["sha256"], str) and _SHA256_RE.fullmatch(out["sha256"])
+    ):
+        raise bad("sha256", "64 lowercase hex digits")
+    if out["output"] is not None:
+        out["output"] = str(out["output"])
+    for column in ("started_at", "finished_at"):
+        v = out[column]
+        if v is not None:
+            if not isinstance(v, datetime) or v.tzinfo is None or v.utcoffset() is None:
+                raise bad(column, "a timezone-aware datetime")
+            out[column] = v.astimezone(UTC)
+    total, done = out["segments_total"], out["segments_done"]
+    if total is not None and done is not None and done > total:
+        raise bad("segments_done", f"at most segments_total ({total})")
+    return out
+
+
+def results_table(rows: Iterable[ResultRow | Mapping[str, Any]]) -> pa.Table:
+    normal = [_normalise(i, r) for i, r in enumerate(rows)]
+    seen: dict[str, int] = {}
+    for i, r in enumerate(normal):
+        if r["shot_id"] in seen:
+            raise ResultsError(
+                f"results row {i}: shot_id {r['shot_id']!r} already recorded in row {seen[r['shot_id']]}"
+            )
+        seen[r["shot_id"]] = i
+    return pa.Table.from_pylist(normal, schema=RESULTS_SCHEMA)
+
+
+def write_results(rows: Iterable[ResultRow | Mapping[str, Any]], path: str | Path) -> Path:
+    """Validate ``rows`` and write them atomically (temp + fsync + rename) to ``path``."""
+    return atomic_write_table(results_table(rows), Path(path))
+
+
+def read_results(path: str | Path) -> list[ResultRow]:
+    """Read a results file; timestamps come back as timezone-aware UTC datetimes."""
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise ResultsError(f"cannot read results file {path}: {exc}") from exc
+    missing = [n for n in _FIELD_NAMES if n not in table.column_names]
+    if missing:
+        raise ResultsError(f"results file {path} lacks column(s) {', '.join(missing)}")
+    try:
+        table = table.select(list(_FIELD_NAMES)).cast(RESULTS_SCHEMA)
+    except (pa.ArrowException, ValueError) as exc:
+        raise ResultsError(f"results file {path} does not match the results schema: {exc}") from exc
+    rows = []
+    for record in table.to_pylist():
+        for column in ("started_at", "finished_at"):
+            if record[column] is not None:
+                record[column] = record[column].astimezone(UTC)
+        rows.append(ResultRow(**record))
+    return rows

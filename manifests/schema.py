@@ -1,0 +1,265 @@
+"""The shot manifest: one Parquet row per shot to render.
+
+This module is the single description of the manifest's columns (names, kinds, defaults,
+limits), the normalised ``Shot`` a validated row becomes, and ``write_manifest``.
+Validation itself (every problem with row, column, value and rule) lives in
+``manifests.validate``; ``read_manifest`` is re-exported here for convenience.
+
+Decisions recorded here (see also the module constants):
+
+* ``size`` is a *maximum area* written ``"A*B"`` (two decimal integers joined by ``*``), exactly like
+  the official ``--size``: only the product matters, the aspect ratio follows the reference image.
+  Accepted: the 8 official sizes, plus any other ``A*B`` whose sides are multiples of 16 and at
+  least 64, and whose area lies in [64*64, 1280*1280] (small areas make CPU demos possible).
+* ``seed`` must be in [0, 2**32). A null seed is *derived* from the run seed and the shot id
+  (``derive_seed``) and recorded in ``Shot.seed`` with ``Shot.seed_source == "derived"``; a
+  random seed is never drawn.
+* ``negative_prompt`` null or empty means "use the model's default negative prompt", as the
+  official CLI treats ``""``.
+* Row numbers everywhere are 0-based indices into the Parquet file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from manifests.atomic import atomic_write_table
+
+# --- limits and choices -------------------------------------------------------------------------
+
+#: shot ids become file and directory names in a run directory, hence the conservative alphabet;
+#: ids made only of dots ("." / "..") are refused on top of the pattern because they would name
+#: the current or parent directory.
+SHOT_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+MAX_PROMPT_CHARS = 10_000
+
+#: the ``--size`` choices of the official generate.py (max areas; aspect follows the image).
+OFFICIAL_SIZES: tuple[str, ...] = (
+    "720*1280",
+    "1280*720",
+    "480*832",
+    "832*480",
+    "1024*704",
+    "704*1024",
+    "704*1280",
+    "1280*704",
+)
+DEFAULT_SIZE = "832*480"
+SIZE_SIDE_MULTIPLE = 16
+MIN_SIZE_SIDE = 64
+MIN_AREA = 64 * 64
+MAX_AREA = 1280 * 1280
+
+SEED_LIMIT = 2**32  # seeds live in [0, SEED_LIMIT)
+DEFAULT_STEPS = 40
+STEPS_RANGE = (1, 1000)
+DEFAULT_GUIDANCE = 4.5
+GUIDANCE_RANGE = (0.0, 50.0)
+DEFAULT_SHIFT = 3.0
+SAMPLERS: tuple[str, ...] = ("unipc", "dpm++")
+DEFAULT_SAMPLER = "unipc"  # official default solver
+SEGMENT_MODES: tuple[str, ...] = ("auto", "sequential", "parallel")
+DEFAULT_SEGMENT_MODE = "auto"
+OUTPUT_SUFFIX = ".mp4"
+INT64_RANGE = (-(2**63), 2**63 - 1)
+
+# --- columns ------------------------------------------------------------------------------------
+
+STRING, PATH, INT, FLOAT = "string", "path", "int", "float"
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    name: str
+    kind: str  # STRING, PATH, INT or FLOAT
+    required: bool
+    default: Any
+    arrow_type: pa.DataType
+    doc: str
+
+
+COLUMNS: tuple[ColumnSpec, ...] = (
+    ColumnSpec("shot_id", STRING, True, None, pa.string(), "unique id, [A-Za-z0-9._-]{1,128}"),
+    ColumnSpec("audio", PATH, True, None, pa.string(), "driving audio file"),
+    ColumnSpec("image", PATH, True, None, pa.string(), "reference image file"),
+    ColumnSpec("prompt", STRING, True, None, pa.string(), "non-empty text, at most 10k characters"),
+    ColumnSpec("negative_prompt", STRING, False, None, pa.string(), "null/empty -> model default"),
+    ColumnSpec("size", STRING, False, DEFAULT_SIZE, pa.string(), "max area 'A*B'"),
+    ColumnSpec("seed", INT, False, None, pa.int64(), "[0, 2**32); null -> derived from run seed"),
+    ColumnSpec("steps", INT, False, DEFAULT_STEPS, pa.int64(), "sampling steps, 1..1000"),
+    ColumnSpec("guidance", FLOAT, False, DEFAULT_GUIDANCE, pa.float64(), "CFG scale, 0..50"),
+    ColumnSpec("sampler", STRING, False, DEFAULT_SAMPLER, pa.string(), "'unipc' or 'dpm++'"),
+    ColumnSpec("shift", FLOAT, False, DEFAULT_SHIFT, pa.float64(), "noise schedule shift, > 0"),
+    ColumnSpec("pose_video", PATH, False, None, pa.string(), "optional pose driving video"),
+    ColumnSpec("output", PATH, True, None, pa.string(), "output file, must end in .mp4"),
+    ColumnSpec("priority", INT, False, 0, pa.int64(), "higher renders earlier"),
+    ColumnSpec("sequence", STRING, False, None, pa.string(), "groups shots into one film"),
+    ColumnSpec("order", INT, False, None, pa.int64(), "position in the film, >= 0"),
+    ColumnSpec("segment_mode", STRING, False, DEFAULT_SEGMENT_MODE, pa.string(), "auto|sequential|parallel"),
+)
+COLUMN_BY_NAME: dict[str, ColumnSpec] = {c.name: c for c in COLUMNS}
+REQUIRED_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.required)
+PATH_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.kind == PATH)
+INPUT_PATH_COLUMNS: tuple[str, ...] = ("audio", "image", "pose_video")
+
+#: canonical Arrow schema written by ``write_manifest`` (readers accept wider variants).
+MANIFEST_SCHEMA = pa.schema([pa.field(c.name, c.arrow_type, nullable=not c.required) for c in COLUMNS])
+
+
+# --- value helpers ------------------------------------------------------------------------------
+
+
+def is_valid_shot_id(text: str) -> bool:
+    return bool(SHOT_ID_PATTERN.fullmatch(text)) and set(text) != {"."}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"832*480"`` -> ``(832, 480)``; raises ValueError saying what is accepted."""
+    m = re.fullmatch(r"([0-9]{1,5})\*([0-9]{1,5})", text)
+    if m is None:
+        raise ValueError(f"size {text!r} is not of the form 'A*B' (e.g. {DEFAULT_SIZE!r})")
+    a, b = int(m.group(1)), int(m.group(2))
+    if text in OFFICIAL_SIZES:
+        return a, b
+    if a % SIZE_SIDE_MULTIPLE or b % SIZE_SIDE_MULTIPLE or min(a, b) < MIN_SIZE_SIDE:
+        raise ValueError(
+            f"size {text!r}: both sides must be multiples of {SIZE_SIDE_MULTIPLE} and at least "
+            f"{MIN_SIZE_SIDE} (official sizes: {', '.join(OFFICIAL_SIZES)})"
+        )
+    if not MIN_AREA <= a * b <= MAX_AREA:
+        raise ValueError(f"size {text!r}: area {a * b} outside [{MIN_AREA}, {MAX_AREA}] (64*64 .. 1280*1280)")
+    return a, b
+
+
+def derive_seed(run_seed: int, shot_id: str) -> int:
+    """Seed for a shot whose manifest seed is null: a pure function of (run seed, shot id).
+
+    SHA-256 rather than Python's ``hash`` because the latter is salted per process; the result is
+    the same on every machine and every rerun, in [0, 2**32).
+    """
+    digest = hashlib.sha256(f"s2v-shot-seed\0{int(run_seed)}\0{shot_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+# --- the normalised row -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shot:
+    """A validated manifest row: defaults applied, paths absolute, seed resolved."""
+
+    shot_id: str
+    audio: Path
+    image: Path
+    prompt: str
+    output: Path
+    negative_prompt: str | None = None
+    size: str = DEFAULT_SIZE
+    seed: int = 0
+    seed_source: str = "manifest"  # "manifest" or "derived" (see derive_seed)
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    sampler: str = DEFAULT_SAMPLER
+    shift: float = DEFAULT_SHIFT
+    pose_video: Path | None = None
+    priority: int = 0
+    sequence: str | None = None
+    order: int | None = None
+    segment_mode: str = DEFAULT_SEGMENT_MODE
+    row: int | None = field(default=None, compare=False)  # 0-based row in the source manifest
+
+    @property
+    def max_area(self) -> int:
+        a, b = parse_size(self.size)
+        return a * b
+
+    def to_row(self) -> dict[str, Any]:
+        """The manifest row of this shot (paths as strings, the resolved seed written out)."""
+        row: dict[str, Any] = {}
+        for spec in COLUMNS:
+            value = getattr(self, spec.name)
+            row[spec.name] = str(value) if isinstance(value, Path) else value
+        return row
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def _fits(kind: str, value: Any) -> bool:
+    if value is None:
+        return True
+    if kind in (STRING, PATH):
+        return isinstance(value, str)
+    if isinstance(value, bool):  # bool is an int subclass, but never a valid number here
+        return False
+    return isinstance(value, int) if kind == INT else isinstance(value, int | float)
+
+
+def _column_array(name: str, values: list[Any], strict: bool) -> pa.Array:
+    spec = COLUMN_BY_NAME.get(name)
+    if spec is None:
+        return pa.array(values)
+    if spec.kind == PATH:
+        values = [str(v) if isinstance(v, Path) else v for v in values]
+    # Arrow would silently truncate 2.5 into an int64 column or turn True into 1.0; check first.
+    misfit = next((i for i, v in enumerate(values) if not _fits(spec.kind, v)), None)
+    if misfit is None:
+        if spec.kind == FLOAT:
+            values = [float(v) if v is not None else None for v in values]
+        return pa.array(values, type=spec.arrow_type)
+    if strict:
+        raise ValueError(
+            f"write_manifest: row {misfit}, column {name!r}: {values[misfit]!r} does not fit "
+            f"{spec.arrow_type} ({spec.doc})"
+        )
+    return pa.array(values)  # non-strict: let Arrow infer (tests build malformed manifests)
+
+
+def rows_to_table(rows: Iterable[Shot | Mapping[str, Any]], *, strict: bool = True) -> pa.Table:
+    """Rows (``Shot`` or mappings) -> Arrow table; known columns first, in schema order."""
+    dict_rows = [r.to_row() if isinstance(r, Shot) else dict(r) for r in rows]
+    names: list[str] = [c.name for c in COLUMNS if any(c.name in r for r in dict_rows)]
+    for r in dict_rows:
+        names.extend(k for k in r if k not in names)
+    if not dict_rows:
+        return MANIFEST_SCHEMA.empty_table()
+    arrays = [_column_array(n, [r.get(n) for r in dict_rows], strict) for n in names]
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def write_manifest(
+    shots_or_rows: Sequence[Shot | Mapping[str, Any]] | pa.Table,
+    path: str | Path,
+    *,
+    strict: bool = True,
+) -> Path:
+    """Write a manifest atomically. Known columns get their canonical types.
+
+    ``strict=False`` lets values that do not fit a column's type through with Arrow's inferred
+    type instead of raising; that is how tests produce malformed manifests.
+    """
+    table = (
+        shots_or_rows if isinstance(shots_or_rows, pa.Table) else rows_to_table(shots_or_rows, strict=strict)
+    )
+    return atomic_write_table(table, Path(path))
+
+
+def read_manifest(
+    path: str | Path,
+    allowed_roots: Sequence[str | Path] | None = None,
+    base_dir: str | Path | None = None,
+    *,
+    run_seed: int = 0,
+    check_media: bool = True,
+) -> list[Shot]:
+    """Validate and normalise a manifest (see ``manifests.validate.read_manifest``)."""
+    from manifests.validate import read_manifest as _impl  # late import: validate imports schema
+
+    return _impl(path, allowed_roots, base_dir, run_seed=run_seed, check_media=check_media)
