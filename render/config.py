@@ -115,3 +115,66 @@ class DiTConfig:
         d["_class_name"] = "WanModel_S2V"
         d["audio_inject_layers"] = list(self.audio_inject_layers)
         return d
+
+
+S2V_NEGATIVE_PROMPT = (
+    # The S2V-specific default negative prompt of the official config (sample_neg_prompt).
+    "画面模糊，最差质量，画面模糊，细节模糊不清，情绪激动剧烈，手快速抖动，字幕，丑陋的，残缺的，多余的手指，"
+    "画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，"
+    "三条腿，背景人很多，倒着走"
+)
+
+
+@dataclass
+class RenderSettings:
+    """How one shot is rendered. Defaults are the official S2V CLI defaults."""
+
+    size: str = "832*480"  # a maximum area; the aspect ratio follows the reference image
+    steps: int = 40
+    guidance: float = 4.5
+    shift: float = 3.0
+    sampler: str = "unipc"
+    seed: int = 42
+    infer_frames: int = 80  # video frames per clip (multiple of 4)
+    motion_frames: int = 73  # pixel frames handed to the next clip
+    fps: int = 16
+    negative_prompt: str | None = None  # None -> the official S2V negative prompt
+    # The official output is 3 frames ahead of its audio (it drops clip 0's first 3 frames and
+    # starts the audio at 0). True reproduces that; the default keeps every frame (zero offset).
+    official_frame_drop: bool = False
+    start_from_ref: bool = False
+    cfg_batch: bool = True  # conditional + unconditional as one batch of 2 (same math)
+    noise: str = "cpu"  # "cpu": pure function of (seed, segment, clip) on any device;
+    # "official-cuda": the official bf16 CUDA generator stream seeded seed + clip
+    crf: int = 18
+
+    def validate(self) -> None:
+        import math
+
+        problems = []
+        if not isinstance(self.steps, int) or self.steps < 1:
+            problems.append(f"steps={self.steps!r}: expected an integer >= 1")
+        if not math.isfinite(self.guidance) or self.guidance < 0:
+            problems.append(f"guidance={self.guidance!r}: expected a finite number >= 0")
+        if not math.isfinite(self.shift) or self.shift <= 0:
+            problems.append(f"shift={self.shift!r}: expected a finite number > 0")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            problems.append(f"seed={self.seed!r}: expected an integer in [0, 2^32)")
+        if self.infer_frames % 4 or self.infer_frames < 4:
+            problems.append(f"infer_frames={self.infer_frames}: expected a positive multiple of 4")
+        if (self.motion_frames - 1) % 4 or self.motion_frames < 1:
+            problems.append(f"motion_frames={self.motion_frames}: expected 1 + 4k")
+        if self.noise not in ("cpu", "official-cuda"):
+            problems.append(f"noise={self.noise!r}: expected 'cpu' or 'official-cuda'")
+        if not 0 <= self.crf <= 51:
+            problems.append(f"crf={self.crf}: expected 0..51")
+        if problems:
+            raise ValueError("invalid render settings: " + "; ".join(problems))
+
+    @property
+    def latent_frames(self) -> int:
+        return self.infer_frames // 4
+
+    @property
+    def motion_latent_frames(self) -> int:
+        return (self.motion_frames + 3) // 4

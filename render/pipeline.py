@@ -1,0 +1,156 @@
+"""Loading the S2V components from a checkpoint folder and preparing a shot's conditions.
+
+The folder is the official ``Wan-AI/Wan2.2-S2V-14B`` layout as downloaded:
+
+    config.json + diffusion_pytorch_model*.safetensors[.index.json]   the DiT
+    Wan2.1_VAE.pth                                                      the VAE
+    models_t5_umt5-xxl-enc-bf16.pth + google/umt5-xxl/                  text encoder + tokenizer
+    wav2vec2-large-xlsr-53-english/                                     the audio encoder
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .audio_features import bucket_indices, load_wav2vec2
+from .audio_io import DecodedAudio, decode_audio
+from .clip_loop import ChainRenderer, ShotConditioning, StepCallback
+from .config import S2V_NEGATIVE_PROMPT, CheckpointError, RenderSettings
+from .dit import load_dit
+from .image_io import image_size, load_reference_image
+from .sizing import output_size, parse_size
+from .text_encoder import load_text_encoder
+from .vae import load_vae
+
+log = logging.getLogger(__name__)
+
+VAE_FILE = "Wan2.1_VAE.pth"
+T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
+TOKENIZER_DIR = "google/umt5-xxl"
+W2V_DIR = "wav2vec2-large-xlsr-53-english"
+
+
+def check_checkpoint_folder(ckpt_dir: str | Path) -> Path:
+    """Fail early, listing every missing part of the folder at once."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        raise CheckpointError(f"{d}: checkpoint folder not found")
+    missing = []
+    if not (d / "config.json").is_file():
+        missing.append("config.json (DiT config)")
+    if not any(d.glob("diffusion_pytorch_model*.safetensors")):
+        missing.append("diffusion_pytorch_model.safetensors or its shards + index (DiT weights)")
+    for name, what in ((VAE_FILE, "VAE"), (T5_FILE, "umT5 encoder")):
+        if not (d / name).is_file():
+            missing.append(f"{name} ({what})")
+    for name, what in ((TOKENIZER_DIR, "umT5 tokenizer folder"), (W2V_DIR, "wav2vec2 folder")):
+        if not (d / name).is_dir():
+            missing.append(f"{name}/ ({what})")
+    if missing:
+        raise CheckpointError(f"{d}: incomplete S2V checkpoint folder; missing: " + "; ".join(missing))
+    return d
+
+
+@dataclass
+class ShotPlan:
+    """Output geometry and length of a shot."""
+
+    height: int
+    width: int
+    num_frames: int  # video frames written: ceil(audio duration x fps)
+    num_clips: int
+    duration_s: float
+
+    @staticmethod
+    def make(h0: int, w0: int, duration_s: float, settings: RenderSettings) -> ShotPlan:
+        height, width = output_size(h0, w0, parse_size(settings.size))
+        # Enough frames to cover the audio: the mux cuts the video to ceil(audio x fps).
+        num_frames = max(1, math.ceil(duration_s * settings.fps - 1e-6))
+        first = settings.infer_frames - (3 if settings.official_frame_drop and not settings.start_from_ref else 0)
+        # Clips needed to cover the audio. The official count int(A/150) + 1 renders one extra,
+        # entirely silent clip whenever the audio is a whole number of clips long; it is cut
+        # away by the mux anyway, so we do not render it.
+        num_clips = 1 + max(0, math.ceil((num_frames - first) / settings.infer_frames))
+        return ShotPlan(height, width, num_frames, num_clips, duration_s)
+
+
+class S2VPipeline:
+    """Loads components lazily; the text encoder is loaded only to embed prompts and then freed."""
+
+    def __init__(self, ckpt_dir: str | Path, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None, vae_dtype: torch.dtype = torch.float32):
+        self.ckpt = check_checkpoint_folder(ckpt_dir)
+        self.device = torch.device(device)
+        if dtype is None:
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.dtype = dtype
+        self.vae_dtype = vae_dtype
+        self._dit = self._vae = self._w2v = None
+        self._prompt_cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def dit(self):
+        if self._dit is None:
+            self._dit = load_dit(self.ckpt, device=self.device, dtype=self.dtype)
+        return self._dit
+
+    @property
+    def vae(self):
+        if self._vae is None:
+            self._vae = load_vae(self.ckpt / VAE_FILE, device=self.device, dtype=self.vae_dtype)
+        return self._vae
+
+    @property
+    def wav2vec(self):
+        if self._w2v is None:
+            # The official code runs wav2vec2 on the CPU in float32; features feed every clip.
+            self._w2v = load_wav2vec2(self.ckpt / W2V_DIR, device="cpu", dtype=torch.float32)
+        return self._w2v
+
+    def embed_prompts(self, prompts: list[str]) -> list[torch.Tensor]:
+        """T5 embeddings (CPU, float32, unpadded) for each prompt; each unique prompt once."""
+        todo = sorted({p for p in prompts if p not in self._prompt_cache})
+        if todo:
+            t5_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+            enc = load_text_encoder(self.ckpt / T5_FILE, self.ckpt / TOKENIZER_DIR, device=self.device,
+                                    dtype=t5_dtype, text_len=self.dit.cfg.text_len)
+            try:
+                for p, e in zip(todo, enc.encode(todo)):
+                    self._prompt_cache[p] = e.float().cpu()
+            finally:
+                enc.release()  # never resident while the DiT samples
+        return [self._prompt_cache[p] for p in prompts]
+
+    def audio_frames(self, audio: DecodedAudio, num_video_frames: int, fps: int) -> torch.Tensor:
+        """[1, 25, C, num_video_frames] wav2vec features per video frame (zeros past the end)."""
+        feats = self.wav2vec.features_30fps(audio.samples)  # [25, A, C]
+        idx = torch.from_numpy(bucket_indices(feats.shape[1], num_video_frames, fps))
+        padded = torch.cat([feats, feats.new_zeros(feats.shape[0], 1, feats.shape[2])], dim=1)
+        idx = torch.where(idx < feats.shape[1], idx, torch.full_like(idx, feats.shape[1]))
+        return padded[:, idx].permute(0, 2, 1)[None].contiguous()
+
+    def plan_shot(self, audio_path: str | Path, image_path: str | Path,
+                  settings: RenderSettings) -> tuple[ShotPlan, DecodedAudio]:
+        settings.validate()
+        audio = decode_audio(audio_path)
+        h0, w0 = image_size(image_path)
+        return ShotPlan.make(h0, w0, audio.duration_s, settings), audio
+
+    def prepare_shot(self, plan: ShotPlan, audio: DecodedAudio, image_path: str | Path, prompt: str,
+                     settings: RenderSettings) -> ShotConditioning:
+        neg = settings.negative_prompt if settings.negative_prompt else S2V_NEGATIVE_PROMPT
+        ctx, neg_ctx = self.embed_prompts([prompt, neg])
+        ref = load_reference_image(image_path, plan.height, plan.width)
+        with torch.inference_mode():
+            ref_lat = self.vae.encode(ref[:, None].to(self.device, self.vae_dtype)).float()[None].cpu()
+        frames = self.audio_frames(audio, plan.num_clips * settings.infer_frames, settings.fps)
+        return ShotConditioning(ctx, neg_ctx, ref_lat, ref, frames, plan.height, plan.width)
+
+    def chain_renderer(self, settings: RenderSettings, on_step: StepCallback | None = None,
+                       progress: bool = True) -> ChainRenderer:
+        return ChainRenderer(self.dit, self.vae, settings, self.device, on_step=on_step, progress=progress)

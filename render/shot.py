@@ -1,0 +1,68 @@
+"""Render one shot (audio + reference image + prompt) to a verified, audio-muxed MP4."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .audio_io import decode_audio
+from .clip_loop import StepCallback, initial_chain_state
+from .config import RenderSettings
+from .pipeline import S2VPipeline
+from .publish import atomic_output, verify_video
+from .video_writer import AudioTrack, Mp4Writer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShotResult:
+    output: Path
+    frames: int
+    fps: int
+    duration_s: float
+    height: int
+    width: int
+    clips: int
+    seed: int
+    wall_s: float
+
+
+def render_shot(pipe: S2VPipeline, audio_path: str | Path, image_path: str | Path, prompt: str,
+                out_path: str | Path, settings: RenderSettings, on_step: StepCallback | None = None,
+                progress: bool = True) -> ShotResult:
+    """Render a whole shot as one chain of clips (the official semantics) and publish the MP4.
+
+    Frames are encoded as each clip finishes (memory does not grow with the audio length); the
+    file appears at ``out_path`` only once it is complete and verified.
+    """
+    t0 = time.time()
+    out_path = Path(out_path)
+    plan, audio16k = pipe.plan_shot(audio_path, image_path, settings)
+    log.info("shot %s: %dx%d, %d frames (%.2f s), %d clips", out_path.name, plan.width, plan.height,
+             plan.num_frames, plan.duration_s, plan.num_clips)
+    shot = pipe.prepare_shot(plan, audio16k, image_path, prompt, settings)
+    # The soundtrack is the original audio at its own sample rate, not the model's 16 kHz copy.
+    original = decode_audio(audio_path, sample_rate=audio16k.source_sample_rate)
+    renderer = pipe.chain_renderer(settings, on_step=on_step, progress=progress)
+    state = initial_chain_state(settings, shot)
+    verify = functools.partial(verify_video, expected_frames=plan.num_frames,
+                               expected_duration_s=plan.duration_s)
+    with atomic_output(out_path, verify=verify) as tmp:
+        with Mp4Writer(tmp, plan.width, plan.height, fps=settings.fps, crf=settings.crf) as writer:
+            written = 0
+            clips = tqdm(range(plan.num_clips), desc=f"{out_path.name}", unit="clip", disable=not progress)
+            for _ in clips:
+                frames, state = renderer.render_clip(shot, state)
+                take = min(frames.shape[1], plan.num_frames - written)
+                if take > 0:
+                    writer.write(frames[:, :take])
+                    written += take
+            result = writer.close(audio=AudioTrack(original.samples, original.sample_rate))
+    return ShotResult(out_path, result.frames, settings.fps, result.duration_s, plan.height, plan.width,
+                      plan.num_clips, settings.seed, time.time() - t0)

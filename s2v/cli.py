@@ -1,0 +1,153 @@
+"""The ``s2v`` command: render-shot, demo, validate.
+
+Exit codes: 0 success; 2 invalid input (file, value or checkpoint problem, message says which);
+3 unreadable manifest; 1 unexpected internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
+
+
+def _add_render_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", default="832*480", help="maximum area W*H; aspect follows the image (default 832*480)")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--guidance", type=float, default=4.5)
+    p.add_argument("--shift", type=float, default=3.0)
+    p.add_argument("--sampler", default="unipc", choices=["unipc", "dpm++"])
+    p.add_argument("--seed", type=int, default=42, help="in [0, 2^32)")
+    p.add_argument("--negative-prompt", default=None, help="default: the official S2V negative prompt")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--crf", type=int, default=18, help="H.264 quality, 0 (lossless) .. 51")
+    p.add_argument("--official-frame-drop", action="store_true",
+                   help="drop clip 0's first 3 frames like the official code (video 3 frames ahead of audio)")
+    p.add_argument("--start-from-ref", action="store_true", help="official --start_from_ref")
+    p.add_argument("--no-cfg-batch", action="store_true", help="run the two CFG passes one after the other")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _settings(a: argparse.Namespace):
+    from render.config import RenderSettings
+
+    s = RenderSettings(size=a.size, steps=a.steps, guidance=a.guidance, shift=a.shift, sampler=a.sampler,
+                       seed=a.seed, negative_prompt=a.negative_prompt, crf=a.crf,
+                       official_frame_drop=a.official_frame_drop, start_from_ref=a.start_from_ref,
+                       cfg_batch=not a.no_cfg_batch)
+    s.validate()
+    from render.sizing import parse_size
+
+    parse_size(s.size)
+    return s
+
+
+def _device(name: str | None):
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available on this machine")
+    if name.split(":")[0] not in ("cuda", "cpu"):
+        raise ValueError(f"--device {name!r}: expected 'cuda', 'cuda:N' or 'cpu'")
+    return name
+
+
+def cmd_render_shot(a: argparse.Namespace) -> int:
+    from render.pipeline import S2VPipeline
+    from render.shot import render_shot
+
+    settings = _settings(a)
+    for label, path in (("--audio", a.audio), ("--image", a.image)):
+        if not Path(path).is_file():
+            raise ValueError(f"{label} {path}: file not found")
+    pipe = S2VPipeline(a.ckpt, device=_device(a.device))
+    r = render_shot(pipe, a.audio, a.image, a.prompt, a.out, settings, progress=not a.quiet)
+    print(f"wrote {r.output} ({r.width}x{r.height}, {r.frames} frames, {r.duration_s:.2f} s, "
+          f"{r.clips} clips, seed {r.seed}) in {r.wall_s:.1f} s")
+    return EXIT_OK
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from render.config import RenderSettings
+    from render.demo_assets import cartoon_face, speech_like_audio, write_wav
+    from render.pipeline import S2VPipeline
+    from render.shot import render_shot
+    from render.tiny_checkpoint import write_tiny_checkpoint
+
+    t0 = time.time()
+    out_dir = Path(a.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = write_tiny_checkpoint(out_dir / "tiny-s2v-checkpoint")
+    audio = write_wav(out_dir / "demo_speech.wav", speech_like_audio(a.seconds))
+    image = cartoon_face(out_dir / "demo_face.png")
+    settings = RenderSettings(size=a.size, steps=a.steps, seed=a.seed)
+    pipe = S2VPipeline(ckpt, device=_device(a.device))
+    r = render_shot(pipe, audio, image, "a cartoon character talks to the camera", out_dir / "demo.mp4",
+                    settings, progress=not a.quiet)
+    print(f"demo video: {r.output.resolve()} ({r.width}x{r.height}, {r.frames} frames, "
+          f"{r.duration_s:.2f} s; tiny random-weight model in {ckpt}) — {time.time() - t0:.1f} s")
+    return EXIT_OK
+
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    from manifests.validate import main_validate
+
+    return main_validate(a.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="s2v", description="Batch renderer for audio-driven video (Wan2.2-S2V-14B)")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("render-shot", help="render one audio + image + prompt to an MP4")
+    p.add_argument("--ckpt", required=True, help="checkpoint folder (official Wan2.2-S2V-14B layout)")
+    p.add_argument("--audio", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", required=True)
+    _add_render_options(p)
+    p.set_defaults(fn=cmd_render_shot)
+
+    p = sub.add_parser("demo", help="render a demo shot with a tiny built-in model on this machine")
+    p.add_argument("--out-dir", default="s2v-demo")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--size", default="192*192")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("validate", help="check a Parquet manifest; lists every problem", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_validate)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from render.audio_io import AudioDecodeError
+    from render.config import CheckpointError
+    from render.image_io import ImageLoadError
+
+    try:
+        return a.fn(a)
+    except (CheckpointError, AudioDecodeError, ImageLoadError, ValueError, FileNotFoundError) as e:
+        print(f"s2v {a.cmd}: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print(f"s2v {a.cmd}: interrupted; no partial output was left", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
