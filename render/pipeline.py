@@ -23,6 +23,7 @@ from .clip_loop import ChainRenderer, ShotConditioning, StepCallback
 from .config import S2V_NEGATIVE_PROMPT, CheckpointError, RenderSettings
 from .dit import load_dit
 from .image_io import image_size, load_reference_image
+from .pose import pose_latents
 from .sizing import output_size, parse_size
 from .text_encoder import load_text_encoder
 from .vae import load_vae
@@ -142,14 +143,18 @@ class S2VPipeline:
         return ShotPlan.make(h0, w0, audio.duration_s, settings), audio
 
     def prepare_shot(self, plan: ShotPlan, audio: DecodedAudio, image_path: str | Path, prompt: str,
-                     settings: RenderSettings) -> ShotConditioning:
+                     settings: RenderSettings, pose_video: str | Path | None = None) -> ShotConditioning:
         neg = settings.negative_prompt if settings.negative_prompt else S2V_NEGATIVE_PROMPT
         ctx, neg_ctx = self.embed_prompts([prompt, neg])
         ref = load_reference_image(image_path, plan.height, plan.width)
         with torch.inference_mode():
             ref_lat = self.vae.encode(ref[:, None].to(self.device, self.vae_dtype)).float()[None].cpu()
         frames = self.audio_frames(audio, plan.num_clips * settings.infer_frames, settings.fps)
-        return ShotConditioning(ctx, neg_ctx, ref_lat, ref, frames, plan.height, plan.width)
+        pose = None
+        if pose_video is not None:
+            pose = pose_latents(self.vae, pose_video, plan.height, plan.width, plan.num_clips,
+                                settings.infer_frames, settings.fps)
+        return ShotConditioning(ctx, neg_ctx, ref_lat, ref, frames, plan.height, plan.width, pose)
 
     def chain_renderer(self, settings: RenderSettings, on_step: StepCallback | None = None,
                        progress: bool = True) -> ChainRenderer:

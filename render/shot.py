@@ -35,7 +35,7 @@ class ShotResult:
 
 def render_shot(pipe: S2VPipeline, audio_path: str | Path, image_path: str | Path, prompt: str,
                 out_path: str | Path, settings: RenderSettings, on_step: StepCallback | None = None,
-                progress: bool = True) -> ShotResult:
+                progress: bool = True, pose_video: str | Path | None = None) -> ShotResult:
     """Render a whole shot as one chain of clips (the official semantics) and publish the MP4.
 
     Frames are encoded as each clip finishes (memory does not grow with the audio length); the
@@ -46,7 +46,7 @@ def render_shot(pipe: S2VPipeline, audio_path: str | Path, image_path: str | Pat
     plan, audio16k = pipe.plan_shot(audio_path, image_path, settings)
     log.info("shot %s: %dx%d, %d frames (%.2f s), %d clips", out_path.name, plan.width, plan.height,
              plan.num_frames, plan.duration_s, plan.num_clips)
-    shot = pipe.prepare_shot(plan, audio16k, image_path, prompt, settings)
+    shot = pipe.prepare_shot(plan, audio16k, image_path, prompt, settings, pose_video=pose_video)
     # The soundtrack is the original audio at its own sample rate, not the model's 16 kHz copy.
     original = decode_audio(audio_path, sample_rate=audio16k.source_sample_rate)
     renderer = pipe.chain_renderer(settings, on_step=on_step, progress=progress)

@@ -67,7 +67,8 @@ def cmd_render_shot(a: argparse.Namespace) -> int:
         if not Path(path).is_file():
             raise ValueError(f"{label} {path}: file not found")
     pipe = S2VPipeline(a.ckpt, device=_device(a.device))
-    r = render_shot(pipe, a.audio, a.image, a.prompt, a.out, settings, progress=not a.quiet)
+    r = render_shot(pipe, a.audio, a.image, a.prompt, a.out, settings, progress=not a.quiet,
+                    pose_video=a.pose_video)
     print(f"wrote {r.output} ({r.width}x{r.height}, {r.frames} frames, {r.duration_s:.2f} s, "
           f"{r.clips} clips, seed {r.seed}) in {r.wall_s:.1f} s")
     return EXIT_OK
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True)
     p.add_argument("--prompt", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--pose-video", default=None, help="optional pose-driving video (official --pose_video)")
     _add_render_options(p)
     p.set_defaults(fn=cmd_render_shot)
 
@@ -138,10 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     from render.audio_io import AudioDecodeError
     from render.config import CheckpointError
     from render.image_io import ImageLoadError
+    from render.pose import PoseVideoError
 
     try:
         return a.fn(a)
-    except (CheckpointError, AudioDecodeError, ImageLoadError, ValueError, FileNotFoundError) as e:
+    except (CheckpointError, AudioDecodeError, ImageLoadError, PoseVideoError, ValueError, FileNotFoundError) as e:
         print(f"s2v {a.cmd}: error: {e}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
