@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .audio_io import decode_audio
+from .audio_io import decode_audio_channels
 from .clip_loop import StepCallback, initial_chain_state
 from .config import RenderSettings
 from .pipeline import S2VPipeline
@@ -47,8 +47,9 @@ def render_shot(pipe: S2VPipeline, audio_path: str | Path, image_path: str | Pat
     log.info("shot %s: %dx%d, %d frames (%.2f s), %d clips", out_path.name, plan.width, plan.height,
              plan.num_frames, plan.duration_s, plan.num_clips)
     shot = pipe.prepare_shot(plan, audio16k, image_path, prompt, settings, pose_video=pose_video)
-    # The soundtrack is the original audio at its own sample rate, not the model's 16 kHz copy.
-    original = decode_audio(audio_path, sample_rate=audio16k.source_sample_rate)
+    # The soundtrack is the original audio, all channels at its own sample rate (48 kHz if AAC
+    # cannot carry that rate), not the model's 16 kHz mono copy.
+    original = decode_audio_channels(audio_path)
     renderer = pipe.chain_renderer(settings, on_step=on_step, progress=progress)
     state = initial_chain_state(settings, shot)
     verify = functools.partial(verify_video, expected_frames=plan.num_frames,
@@ -63,6 +64,6 @@ def render_shot(pipe: S2VPipeline, audio_path: str | Path, image_path: str | Pat
                 if take > 0:
                     writer.write(frames[:, :take])
                     written += take
-            result = writer.close(audio=AudioTrack(original.samples, original.sample_rate))
+            result = writer.close(audio=AudioTrack(original.samples, original.sample_rate, original.layout))
     return ShotResult(out_path, result.frames, settings.fps, result.duration_s, plan.height, plan.width,
                       plan.num_clips, settings.seed, time.time() - t0)

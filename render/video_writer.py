@@ -4,7 +4,7 @@ Frames are encoded as they arrive (memory does not grow with video length) into 
 video-only file next to the output. ``close(audio=...)`` then stream-copies the video and
 encodes the audio into a second hidden file, which is renamed onto the output path: like the
 official ``ffmpeg -c:v copy -c:a aac -b:a 192k`` mux step (SPEC §3.8), and the output path
-never holds a partial file.
+never holds a partial file. The audio keeps its channels (mono, stereo, ... up to 7.1) and rate.
 
 Deviations from the official ``save_video`` (imageio, ``quality=8``, which is libx264 crf 10):
 * crf defaults to 18 (configurable; pass crf=10 to match the official quality setting).
@@ -34,10 +34,24 @@ import torch
 
 from render.publish import temp_path_for
 
-# AAC at 192 kb/s as in the official mux; FFmpeg's encoder caps at 6144 bits per channel per
-# 1024-sample frame (96 kb/s for 16 kHz mono), clamped here to avoid a warning per file.
+# AAC at 192 kb/s as in the official mux (its ffmpeg -b:a is the whole stream's rate), and at
+# least 96 kb/s per channel beyond stereo so 5.1/7.1 keep stereo's per-channel quality. FFmpeg's
+# encoder caps at 6144 bits per channel per 1024-sample frame (96 kb/s per channel at 16 kHz),
+# clamped here to avoid a warning per file.
 AUDIO_BIT_RATE = 192_000
+AUDIO_BIT_RATE_PER_CHANNEL = 96_000
 _AAC_MAX_BITS_PER_FRAME = 6144
+MAX_AUDIO_CHANNELS = 8
+
+# Channel layout written for each channel count when the track names none.
+DEFAULT_AUDIO_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+# Measured with FFmpeg 8: mono, stereo, 2.1, 3.0, 3.0(back), 4.0, quad, 5.0, 5.1 and 7.1 are
+# written as a standard AAC channel configuration and decode with every speaker position named.
+# Any other layout is written with a program config element: channel order kept, but decoders
+# report "N channels" without positions. Side-surround variants are therefore written as their
+# back-surround twins (AAC's standard configurations have a single surround pair; players route
+# both the same way).
+_SIDE_AS_BACK = {"quad(side)": "quad", "5.0(side)": "5.0", "5.1(side)": "5.1"}
 _AUDIO_CHUNK = 1024 * 32
 _FASTSTART_SUFFIXES = {".mp4", ".mov", ".m4v"}
 
@@ -48,10 +62,13 @@ class VideoProbeError(ValueError):
 
 @dataclass(frozen=True)
 class AudioTrack:
-    """Mono float32 samples (nominally in [-1, 1]) at ``sample_rate`` Hz."""
+    """Float samples (nominally in [-1, 1]) at ``sample_rate`` Hz: mono [n], or [channels, n]
+    with 1 to 8 channels in FFmpeg's order for ``layout`` (an FFmpeg layout name such as
+    "stereo" or "5.1"; None picks ``DEFAULT_AUDIO_LAYOUTS`` by channel count)."""
 
     samples: np.ndarray
     sample_rate: int
+    layout: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,8 +90,9 @@ class VideoInfo:
     audio_codec: str | None
     video_codec: str
     audio_sample_rate: int | None = None
-    audio_samples: int | None = None
+    audio_samples: int | None = None  # per channel
     audio_frame_size: int | None = None
+    audio_channels: int | None = None
 
 
 def _as_fraction(fps: int | float | Fraction, what: str) -> Fraction:
@@ -84,8 +102,11 @@ def _as_fraction(fps: int | float | Fraction, what: str) -> Fraction:
 
 
 def _coerce_audio(audio: AudioTrack | tuple[object, int]) -> AudioTrack:
+    """Validate a track; returns samples as contiguous float32 [channels, n] and a layout the AAC
+    encoder was checked to accept (so a bad track fails before the writer finalises anything)."""
+    layout = None
     if isinstance(audio, AudioTrack):
-        samples, rate = audio.samples, audio.sample_rate
+        samples, rate, layout = audio.samples, audio.sample_rate, audio.layout
     elif isinstance(audio, tuple) and len(audio) == 2:
         samples, rate = audio
     else:
@@ -93,13 +114,16 @@ def _coerce_audio(audio: AudioTrack | tuple[object, int]) -> AudioTrack:
     if isinstance(samples, torch.Tensor):
         samples = samples.detach().cpu().numpy()
     arr = np.asarray(samples)
-    if arr.ndim == 2 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 1:
-        raise ValueError(f"audio samples must be mono, shape [n] or [1, n]; got shape {tuple(arr.shape)}")
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or not 1 <= arr.shape[0] <= MAX_AUDIO_CHANNELS:
+        raise ValueError(
+            f"audio samples must be mono [n] or [channels, n] with 1 to {MAX_AUDIO_CHANNELS} channels "
+            f"(channel-major: transpose [n, channels] arrays); got shape {tuple(arr.shape)}"
+        )
     if not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(f"audio samples must be float (nominally in [-1, 1]); got dtype {arr.dtype}")
-    if arr.size == 0:
+    if arr.shape[1] == 0:
         raise ValueError("audio has no samples")
     if not np.isfinite(arr).all():
         raise ValueError("audio samples contain NaN or inf")
@@ -108,7 +132,40 @@ def _coerce_audio(audio: AudioTrack | tuple[object, int]) -> AudioTrack:
         raise ValueError(
             f"audio sample_rate {rate!r} is not supported by AAC; use one of {sorted(supported)}"
         )
-    return AudioTrack(np.ascontiguousarray(arr, dtype=np.float32), int(rate))
+    layout = _aac_layout(arr.shape[0], layout, int(rate))
+    return AudioTrack(np.ascontiguousarray(arr, dtype=np.float32), int(rate), layout)
+
+
+def _aac_layout(channels: int, requested: str | None, rate: int) -> str:
+    """The layout to write for ``channels`` channels (see ``_SIDE_AS_BACK``), checked by opening
+    an AAC encoder with it."""
+    name = DEFAULT_AUDIO_LAYOUTS[channels] if requested is None else requested
+    try:
+        n = av.AudioLayout(name).nb_channels
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"audio layout {name!r} is not an FFmpeg channel layout name (e.g. 'stereo', '5.1')") from e
+    if n != channels:
+        raise ValueError(f"audio layout {name!r} has {n} channels but the samples have {channels}")
+    name = _SIDE_AS_BACK.get(name, name)
+    ctx = av.CodecContext.create("aac", "w")
+    ctx.sample_rate, ctx.layout, ctx.format = rate, name, "fltp"
+    try:
+        ctx.open()
+    except av.error.FFmpegError as e:
+        raise ValueError(
+            f"the AAC encoder does not accept audio layout {name!r} ({channels} channels): {e}; "
+            f"pass layout=None for the default {DEFAULT_AUDIO_LAYOUTS[channels]!r}"
+        ) from e
+    finally:
+        with contextlib.suppress(Exception):
+            ctx.close()
+    return name
+
+
+def audio_bit_rate(channels: int, sample_rate: int) -> int:
+    """AAC bit rate for a track: see ``AUDIO_BIT_RATE_PER_CHANNEL``."""
+    wanted = max(AUDIO_BIT_RATE, AUDIO_BIT_RATE_PER_CHANNEL * channels)
+    return min(wanted, _AAC_MAX_BITS_PER_FRAME * sample_rate * channels // 1024)
 
 
 def float_frames_to_uint8(frames: torch.Tensor) -> torch.Tensor:
@@ -281,7 +338,7 @@ class Mp4Writer:
                 raise ValueError(f"Mp4Writer for {str(self.path)!r}: no frames were written")
             keep_frames, keep_samples = self.frames_written, None
             if track is not None:
-                n = track.samples.shape[0]
+                n = track.samples.shape[1]
                 if audio_trim_to_video:
                     keep_samples = min(n, round(Fraction(self.frames_written) * track.sample_rate / self.fps))
                 else:
@@ -301,11 +358,14 @@ class Mp4Writer:
 
 
 def _audio_packets(
-    stream: av.audio.stream.AudioStream, samples: np.ndarray, rate: int
+    stream: av.audio.stream.AudioStream, samples: np.ndarray, rate: int, layout: str
 ) -> Iterator[av.Packet]:
-    for start in range(0, samples.shape[0], _AUDIO_CHUNK):
-        chunk = samples[start : start + _AUDIO_CHUNK]
-        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
+    """Encode [channels, n] samples. Frames are built packed ("flt", one interleaved plane) and
+    PyAV converts them to the encoder's planar format: its planar ``from_ndarray`` writes one
+    plane too many for exactly 8 channels (see render/audio_io.py)."""
+    for start in range(0, samples.shape[1], _AUDIO_CHUNK):
+        interleaved = np.ascontiguousarray(samples[:, start : start + _AUDIO_CHUNK].T).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(interleaved, format="flt", layout=layout)
         frame.sample_rate = rate
         frame.pts = start
         frame.time_base = Fraction(1, rate)
@@ -350,13 +410,12 @@ def _remux(
         ]
         if track is not None and keep_samples:
             out_audio = out.add_stream("aac", rate=track.sample_rate)
-            out_audio.layout = "mono"
-            out_audio.bit_rate = min(AUDIO_BIT_RATE, _AAC_MAX_BITS_PER_FRAME * track.sample_rate // 1024)
+            out_audio.layout = track.layout
+            out_audio.bit_rate = audio_bit_rate(track.samples.shape[0], track.sample_rate)
             out_audio.codec_context.time_base = Fraction(1, track.sample_rate)
-            samples = track.samples[:keep_samples]
-            streams.append(
-                (_packet_time(p), 1, p) for p in _audio_packets(out_audio, samples, track.sample_rate)
-            )
+            samples = track.samples[:, :keep_samples]
+            packets = _audio_packets(out_audio, samples, track.sample_rate, track.layout)
+            streams.append((_packet_time(p), 1, p) for p in packets)
         for _, kind, packet in heapq.merge(*streams, key=lambda item: (item[0], item[1])):
             if kind == 0:
                 packet.stream = out_video
@@ -400,6 +459,7 @@ def probe_video(path: str | Path) -> VideoInfo:
                 audio_sample_rate=sr,
                 audio_samples=samples if audio is not None else None,
                 audio_frame_size=(audio.codec_context.frame_size or None) if audio is not None else None,
+                audio_channels=audio.codec_context.channels if audio is not None else None,
             )
     except av.error.FFmpegError as e:
         raise VideoProbeError(f"{str(path)!r}: cannot decode: {e}") from e

@@ -19,7 +19,13 @@ import av
 import numpy as np
 import pytest
 
-from render.audio_io import AudioDecodeError, DecodedAudio, decode_audio
+from render.audio_io import (
+    AudioDecodeError,
+    DecodedAudio,
+    decode_audio,
+    decode_audio_channels,
+    soundtrack_sample_rate,
+)
 
 DURATION_S = 1.0
 TARGET_RATE = 16000
@@ -268,3 +274,124 @@ def test_no_encoder_delay_shift(tmp_path: Path, codec: str, rate: int, suffix: s
     print(f"{codec}: {x.size} samples, best alignment lag {best} samples at 16 kHz, rms err {min(errs):.4f}")
     assert x.size == 16000
     assert best == 0
+
+
+# --- decode_audio_channels: the soundtrack keeps its channels and (AAC-supported) rate ---------
+
+
+def _write_pcm(path: Path, data: np.ndarray, rate: int, layout: str) -> None:
+    """Float32 wav written from one packed frame (PyAV's planar from_ndarray breaks at 8 channels)."""
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("pcm_f32le", rate=rate)
+        s.layout = layout
+        packed = np.ascontiguousarray(data.T).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(packed, format="flt", layout=layout)
+        frame.sample_rate = rate
+        for packet in [*s.encode(frame), *s.encode(None)]:
+            out.mux(packet)
+
+
+def _dominant_hz(x: np.ndarray, rate: int) -> float:
+    core = x[x.size // 10 : -(x.size // 10)]  # skip codec/resampler edge transients
+    spec = np.abs(np.fft.rfft(core * np.hanning(core.size)))
+    return float(np.fft.rfftfreq(core.size, 1 / rate)[np.argmax(spec)])
+
+
+@pytest.mark.parametrize(
+    "name, layout",
+    [
+        ("pcm_s16le_44k_stereo.wav", "stereo"),
+        ("mp3_22k.mp3", "stereo"),
+        ("aac.m4a", "stereo"),
+        ("video_aac.mp4", "stereo"),
+        ("pcm_f32le_16k_mono.wav", "mono"),
+    ],
+)
+def test_channels_keep_layout_and_rate(media_dir: Path, name: str, layout: str) -> None:
+    _, rate, _, _ = FORMATS[name]
+    a = decode_audio_channels(media_dir / name)
+    channels = 2 if layout == "stereo" else 1
+    assert a.samples.shape == (channels, round(DURATION_S * rate))
+    assert a.samples.dtype == np.float32 and a.samples.flags.c_contiguous
+    assert a.sample_rate == a.source_sample_rate == rate
+    assert a.channels == a.source_channels == channels and a.layout == layout
+    assert a.duration_s == a.samples.shape[1] / rate
+    dominant = [_dominant_hz(ch, rate) for ch in a.samples]
+    print(f"{name}: {a.samples.shape} at {rate} Hz, dominant per channel {dominant}")
+    assert abs(dominant[0] - 440) <= 2  # left (or the mono tone)
+    if channels == 2:
+        assert abs(dominant[1] - 1000) <= 2  # right: not mixed with the left
+        assert _amplitude_at(a.samples[0], rate, 1000) < 0.02
+        assert _amplitude_at(a.samples[1], rate, 440) < 0.02
+
+
+def test_channels_lossless_are_exact(media_dir: Path) -> None:
+    a = decode_audio_channels(media_dir / "pcm_s16le_44k_stereo.wav")
+    err = float(np.abs(a.samples - _tones(44100, "stereo")).max())
+    assert err <= 1 / 32768  # s16 quantisation only: no resampling, no mixing
+    mono = decode_audio_channels(media_dir / "pcm_f32le_16k_mono.wav")
+    np.testing.assert_array_equal(mono.samples, _tones(16000, "mono"))
+
+
+@pytest.mark.parametrize("layout", ["5.1", "7.1"])
+def test_channels_surround(tmp_path: Path, layout: str) -> None:
+    n_ch = av.AudioLayout(layout).nb_channels
+    t = np.arange(4800) / 48000
+    data = np.stack([0.05 * (k + 1) * np.sin(2 * np.pi * (100 + 50 * k) * t) for k in range(n_ch)])
+    data = data.astype(np.float32)
+    path = tmp_path / "surround.wav"
+    _write_pcm(path, data, 48000, layout)
+    a = decode_audio_channels(path)
+    assert a.layout == layout and a.samples.shape == (n_ch, 4800) and a.sample_rate == 48000
+    np.testing.assert_array_equal(a.samples, data)
+    # The mono path reads the same file (8 channels crashed PyAV's planar conversion before).
+    np.testing.assert_allclose(decode_audio(path, sample_rate=48000).samples, data.mean(axis=0), atol=1e-7)
+
+
+def test_channels_unsupported_rate_resampled_to_48k(tmp_path: Path) -> None:
+    rate = 37800  # not an AAC rate
+    t = np.arange(rate // 2) / rate
+    data = np.stack([0.5 * np.sin(2 * np.pi * 440 * t), 0.3 * np.sin(2 * np.pi * 1000 * t)]).astype(np.float32)
+    path = tmp_path / "odd_rate.wav"
+    _write_pcm(path, data, rate, "stereo")
+    assert soundtrack_sample_rate(rate) == 48000 and soundtrack_sample_rate(44100) == 44100
+    a = decode_audio_channels(path)
+    assert a.sample_rate == 48000 and a.source_sample_rate == rate
+    assert a.samples.shape == (2, 24000)
+    assert [round(_dominant_hz(ch, 48000)) for ch in a.samples] == [440, 1000]
+
+
+def test_channels_explicit_rate(media_dir: Path) -> None:
+    a = decode_audio_channels(media_dir / "flac_48k.flac", sample_rate=24000)
+    assert a.samples.shape == (2, 24000) and a.sample_rate == 24000 and a.source_sample_rate == 48000
+    with pytest.raises(ValueError, match="sample_rate"):
+        decode_audio_channels(media_dir / "flac_48k.flac", sample_rate=0)
+
+
+def test_channels_more_than_eight_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "ten.wav"
+    _write_pcm(path, np.zeros((10, 1600), np.float32), 16000, "10 channels")
+    with pytest.raises(AudioDecodeError, match="10 channels.*at most 8") as e:
+        decode_audio_channels(path)
+    assert "ten.wav" in str(e.value)
+    assert decode_audio(path).samples.shape == (1600,)  # the model's mono input still works
+
+
+def test_channels_unnamed_layout(tmp_path: Path) -> None:
+    path = tmp_path / "three.wav"
+    _write_pcm(path, np.full((3, 160), 0.25, np.float32), 16000, "3 channels")
+    a = decode_audio_channels(path)
+    assert a.samples.shape == (3, 160) and a.layout is None
+
+
+def test_channels_share_validation(media_dir: Path, tmp_path: Path) -> None:
+    data = (media_dir / "mp3_22k.mp3").read_bytes()
+    path = tmp_path / "half.mp3"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioDecodeError, match="looks truncated"):
+        decode_audio_channels(path)
+    assert decode_audio_channels(path, check_truncation=False).samples.shape[0] == 2
+    with pytest.raises(AudioDecodeError, match="max_seconds"):
+        decode_audio_channels(media_dir / "aac.m4a", max_seconds=0.5)
+    with pytest.raises(AudioDecodeError, match="does not exist"):
+        decode_audio_channels(tmp_path / "nope.wav")

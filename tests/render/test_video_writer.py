@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from render.video_writer import AudioTrack, Mp4Writer, VideoProbeError, float_frames_to_uint8, probe_video
+from render.audio_io import decode_audio_channels
+from render.video_writer import (
+    DEFAULT_AUDIO_LAYOUTS,
+    AudioTrack,
+    Mp4Writer,
+    VideoProbeError,
+    audio_bit_rate,
+    float_frames_to_uint8,
+    probe_video,
+)
 
 H, W = 64, 64
 AAC_FRAME = 1024
@@ -171,8 +180,16 @@ def test_bad_inputs(tmp_path: Path) -> None:
         # Bad audio is rejected before anything is finalised; the writer stays usable.
         with pytest.raises(ValueError, match="sample_rate"):
             w.close(audio=(_tone(100, 12345), 12345))
-        with pytest.raises(ValueError, match="mono"):
-            w.close(audio=(np.zeros((2, 100), np.float32), 16000))
+        with pytest.raises(ValueError, match="1 to 8 channels"):
+            w.close(audio=(np.zeros((9, 100), np.float32), 16000))
+        with pytest.raises(ValueError, match=r"transpose.*\(100, 2\)"):
+            w.close(audio=(np.zeros((100, 2), np.float32), 16000))
+        with pytest.raises(ValueError, match="has 6 channels but the samples have 2"):
+            w.close(audio=AudioTrack(np.zeros((2, 100), np.float32), 16000, layout="5.1"))
+        with pytest.raises(ValueError, match="not an FFmpeg channel layout"):
+            w.close(audio=AudioTrack(np.zeros((2, 100), np.float32), 16000, layout="bogus"))
+        with pytest.raises(ValueError, match="does not accept audio layout"):
+            w.close(audio=AudioTrack(np.zeros((2, 100), np.float32), 16000, layout="2 channels"))
         with pytest.raises(ValueError, match="no samples"):
             w.close(audio=(np.zeros(0, np.float32), 16000))
         w.write(_gradient_frames(2))
@@ -254,3 +271,132 @@ def test_probe_errors(tmp_path: Path) -> None:
     junk.write_bytes(b"\x00" * 1000)
     with pytest.raises(VideoProbeError, match="junk.mp4"):
         probe_video(junk)
+
+
+# --- multi-channel soundtracks ----------------------------------------------------------------
+
+# One tone per channel; an LFE channel gets a low one because AAC low-passes LFE (measured: a
+# 495 Hz tone there came back dominated by ~240 Hz).
+CHANNEL_TONES = [440.0, 1000.0, 660.0, 1250.0, 1500.0, 2200.0, 300.0, 1800.0]
+LFE_TONE = 80.0
+
+
+def _channel_tones(channels: int, layout: str | None = None) -> list[float]:
+    names = [ch.name for ch in av.AudioLayout(layout or DEFAULT_AUDIO_LAYOUTS[channels]).channels]
+    return [LFE_TONE if name == "LFE" else CHANNEL_TONES[k] for k, name in enumerate(names)]
+
+
+def _tones(channels: int, n: int, rate: int, layout: str | None = None) -> np.ndarray:
+    return np.stack([_tone(n, rate, hz) * 0.5 for hz in _channel_tones(channels, layout)])
+
+
+def _decode_channels(path: Path) -> tuple[np.ndarray, int, str]:
+    """All decoded audio as [channels, n] (packed conversion: see render/audio_io.py)."""
+    with av.open(str(path)) as c:
+        stream = c.streams.audio[0]
+        resampler = av.AudioResampler(format="flt")
+        chunks, layout = [], ""
+        for frame in c.decode(stream):
+            layout = frame.layout.name
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().reshape(-1, out.layout.nb_channels))
+        return np.concatenate(chunks).T, stream.codec_context.sample_rate, layout
+
+
+def _dominant_hz(x: np.ndarray, rate: int) -> float:
+    core = x[x.size // 10 : -(x.size // 10)]
+    spec = np.abs(np.fft.rfft(core * np.hanning(core.size)))
+    return float(np.fft.rfftfreq(core.size, 1 / rate)[np.argmax(spec)])
+
+
+def _mux(path: Path, track: AudioTrack | tuple, n_frames: int = 16, fps: int = 16, **close_kw: object):
+    with Mp4Writer(path, W, H, fps=fps, preset="ultrafast") as w:
+        w.write(_gradient_frames(n_frames))
+        return w.close(audio=track, **close_kw)
+
+
+@pytest.mark.parametrize(
+    "channels, rate, layout, decoded_layout",
+    [
+        (1, 22050, None, "mono"),
+        (2, 44100, None, "stereo"),
+        (6, 48000, None, "5.1"),
+        (8, 48000, None, "7.1"),  # PyAV's planar frame conversion breaks at exactly 8 channels
+        (3, 32000, "2.1", "2.1"),  # an explicit layout is kept
+        (6, 48000, "5.1(side)", "5.1"),  # side surrounds written as AAC's standard 5.1
+    ],
+)
+def test_channels_and_rate_kept(
+    tmp_path: Path, channels: int, rate: int, layout: str | None, decoded_layout: str
+) -> None:
+    path = tmp_path / "multi.mp4"
+    n = rate  # 1 s = 16 frames at 16 fps
+    samples = _tones(channels, n, rate, layout)
+    result = _mux(path, AudioTrack(samples if channels > 1 else samples[0], rate, layout))
+    assert result.frames == 16 and result.audio_samples == n
+    info = probe_video(path)
+    assert info.audio_channels == channels and info.audio_sample_rate == rate
+    assert 0 <= info.audio_samples - n < AAC_FRAME
+    audio, got_rate, got_layout = _decode_channels(path)
+    assert got_rate == rate and got_layout == decoded_layout and audio.shape[0] == channels
+    dominant = [_dominant_hz(ch, rate) for ch in audio[:, :n]]
+    print(f"{channels} ch @ {rate} Hz ({got_layout}): dominant {[round(d) for d in dominant]}")
+    expected = _channel_tones(channels, layout)
+    assert all(abs(d - f) <= 2 for d, f in zip(dominant, expected, strict=True)), (dominant, expected)
+
+
+def test_stereo_trim_is_sample_exact(tmp_path: Path) -> None:
+    rate = 44100
+    stereo = _tones(2, 2 * rate, rate)
+    # 20 frames at 25 fps = 0.8 s -> exactly 35280 samples per channel.
+    result = _mux(tmp_path / "a.mp4", AudioTrack(stereo, rate), n_frames=20, fps=25, audio_trim_to_video=True)
+    assert result.frames == 20 and result.audio_samples == 35280
+    info = probe_video(tmp_path / "a.mp4")
+    assert info.audio_channels == 2 and 35280 <= info.audio_samples < 35280 + AAC_FRAME
+    # Video cut to the audio: 0.5 s of stereo at 16 fps -> 8 frames.
+    result = _mux(tmp_path / "v.mp4", (stereo[:, : rate // 2], rate), n_frames=16, fps=16)
+    assert result.frames == 8 and result.audio_samples == rate // 2
+    assert probe_video(tmp_path / "v.mp4").frames == 8
+
+
+def test_bit_rate_scales_per_channel(tmp_path: Path) -> None:
+    assert audio_bit_rate(1, 48000) == 192_000  # the official 192 kb/s
+    assert audio_bit_rate(2, 44100) == 192_000
+    assert audio_bit_rate(6, 48000) == 576_000
+    assert audio_bit_rate(8, 48000) == 768_000
+    assert audio_bit_rate(1, 16000) == 96_000  # encoder cap: 6144 bits per channel per frame
+    assert audio_bit_rate(2, 8000) == 96_000
+    _mux(tmp_path / "s.mp4", AudioTrack(_tones(6, 48000, 48000), 48000))
+    with av.open(str(tmp_path / "s.mp4")) as c:
+        assert c.streams.audio[0].bit_rate > 300_000  # measured ~ 576 kb/s, not the stereo 192
+
+
+@pytest.mark.parametrize(
+    "channels, rate, layout",
+    [(2, 44100, "stereo"), (6, 48000, "5.1"), (1, 22050, "mono"), (1, 16000, "mono")],
+)
+def test_wav_to_mp4_keeps_original_audio(tmp_path: Path, channels: int, rate: int, layout: str) -> None:
+    """The renderer's soundtrack path: a wav decoded with decode_audio_channels and muxed."""
+    samples = _tones(channels, rate, rate, layout)
+    wav = tmp_path / "song.wav"
+    with av.open(str(wav), "w") as out:
+        s = out.add_stream("pcm_s16le", rate=rate)
+        s.layout = layout
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples.T).reshape(1, -1), format="flt", layout=layout)
+        frame.sample_rate = rate
+        for packet in [*s.encode(frame), *s.encode(None)]:
+            out.mux(packet)
+    original = decode_audio_channels(wav)
+    assert original.samples.shape == (channels, rate) and original.sample_rate == rate
+    _mux(tmp_path / "out.mp4", AudioTrack(original.samples, original.sample_rate, original.layout))
+    info = probe_video(tmp_path / "out.mp4")
+    assert (info.audio_channels, info.audio_sample_rate) == (channels, rate)
+    audio, _, got_layout = _decode_channels(tmp_path / "out.mp4")
+    assert got_layout == layout
+    for k, hz in enumerate(_channel_tones(channels, layout)):
+        assert abs(_dominant_hz(audio[k, :rate], rate) - hz) <= 2, k
+    if channels == 2:  # left and right stay apart: each channel's other tone is far below its own
+        spec = [np.abs(np.fft.rfft(ch[4410:-4410] * np.hanning(ch.size - 8820))) for ch in audio[:, :rate]]
+        freqs = np.fft.rfftfreq(rate - 8820, 1 / rate)
+        at = [np.argmin(np.abs(freqs - f)) for f in (440, 1000)]
+        assert spec[0][at[1]] < 0.01 * spec[0][at[0]] and spec[1][at[0]] < 0.01 * spec[1][at[1]]
