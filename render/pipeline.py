@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from kernels.select import optimize_dit
+
 from .audio_features import bucket_indices, load_wav2vec2
 from .audio_io import DecodedAudio, decode_audio
 from .clip_loop import ChainRenderer, ShotConditioning, StepCallback
@@ -84,20 +86,26 @@ class S2VPipeline:
     """Loads components lazily; the text encoder is loaded only to embed prompts and then freed."""
 
     def __init__(self, ckpt_dir: str | Path, device: str | torch.device = "cpu",
-                 dtype: torch.dtype | None = None, vae_dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype | None = None, vae_dtype: torch.dtype = torch.float32,
+                 fp8: bool = False):
         self.ckpt = check_checkpoint_folder(ckpt_dir)
         self.device = torch.device(device)
         if dtype is None:
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.dtype = dtype
         self.vae_dtype = vae_dtype
+        self.fp8 = fp8  # opt-in fp8 e4m3 linears (GPU, sm89+); changes numbers, see kernels/fp8.py
         self._dit = self._vae = self._w2v = None
         self._prompt_cache: dict[str, torch.Tensor] = {}
 
     @property
     def dit(self):
         if self._dit is None:
-            self._dit = load_dit(self.ckpt, device=self.device, dtype=self.dtype)
+            dit = load_dit(self.ckpt, device=self.device, dtype=self.dtype)
+            # Attention backend, fused glue kernels (GPU) and optional fp8, chosen once and logged;
+            # on the CPU this keeps the torch reference path.
+            optimize_dit(dit, self.device, fp8=self.fp8)
+            self._dit = dit
         return self._dit
 
     @property

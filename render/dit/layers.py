@@ -3,6 +3,11 @@
 Precision follows the official bf16 run: linears run in the weight dtype, while norms,
 modulation, gates and the residual stream stay float32. In float32 mode everything is float32.
 Parameter names equal the official checkpoint's.
+
+The elementwise and normalisation work between the matmuls goes through a ``glue`` object on
+each block and attention module (:class:`TorchGlue`, plain torch, is the reference);
+``kernels.select.optimize_dit`` swaps in fused GPU kernels with the same methods, as it and
+``parallel/`` swap ``attn_fn``.
 """
 
 from __future__ import annotations
@@ -18,9 +23,14 @@ from kernels.attention import AttentionFn, attention
 from .rope import apply_rope_reference
 
 
-def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """Run a linear layer in its weight dtype (autocast-like), whatever x's dtype."""
-    return layer(x.to(layer.weight.dtype))
+def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run a linear layer in its weight dtype (autocast-like), whatever x's dtype.
+
+    A layer whose weights are not in its input dtype (the fp8 linears of ``kernels.fp8``, which
+    quantise their bf16 input themselves) names that dtype in ``input_dtype``.
+    """
+    dtype = getattr(layer, "input_dtype", None) or layer.weight.dtype
+    return layer(x.to(dtype))
 
 
 class RMSNorm(nn.Module):
@@ -72,6 +82,53 @@ def _segment_index(length: int, n_first: int, device: torch.device) -> torch.Ten
     return idx
 
 
+class TorchGlue:
+    """The work between a block's matmuls, in plain torch: the reference for ``kernels/``.
+
+    Outputs that feed a linear layer may come back in any float dtype (``linear`` casts them to
+    the weight dtype); residual-stream outputs are float32 like the stream. A fused replacement
+    must compute the same function within the rounding of the linear's input dtype.
+    """
+
+    def modulate(self, x: torch.Tensor, n_first: int, shift: torch.Tensor, scale: torch.Tensor,
+                 eps: float) -> torch.Tensor:
+        return modulate_segments(x, n_first, shift, scale, eps)
+
+    def gated_residual(self, x: torch.Tensor, y: torch.Tensor, n_first: int, gate: torch.Tensor) -> torch.Tensor:
+        return x + gate_segments(y, n_first, gate)
+
+    def gated_residual_norm(
+        self, x: torch.Tensor, y: torch.Tensor, n_first: int, gate: torch.Tensor,
+        weight: torch.Tensor, bias: torch.Tensor, eps: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + gate * y, affine LayerNorm of that sum)."""
+        x = self.gated_residual(x, y, n_first, gate)
+        return x, F.layer_norm(x.float(), (x.shape[-1],), weight.float(), bias.float(), eps)
+
+    def residual_modulate(
+        self, x: torch.Tensor, y: torch.Tensor, n_first: int, shift: torch.Tensor, scale: torch.Tensor,
+        eps: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + y, modulated LayerNorm of that sum)."""
+        x = x + y.float()
+        return x, modulate_segments(x, n_first, shift, scale, eps)
+
+    def rms_norm(self, x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
+        return norm(x)
+
+    def rms_norm_rope(self, x: torch.Tensor, norm: RMSNorm, cos: torch.Tensor, sin: torch.Tensor,
+                      num_heads: int) -> torch.Tensor:
+        """RMSNorm over the whole width, then RoPE per head: [B, L, H*D] -> [B, L, H, D]."""
+        b, n, _ = x.shape
+        return apply_rope_reference(norm(x).view(b, n, num_heads, -1), cos, sin)
+
+    def ffn(self, ffn: nn.Sequential, y: torch.Tensor) -> torch.Tensor:
+        return linear(ffn[2], ffn[1](linear(ffn[0], y)))
+
+
+TORCH_GLUE = TorchGlue()
+
+
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, eps: float):
         super().__init__()
@@ -82,16 +139,15 @@ class SelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
-        # Replaceable by kernels/ (backend choice) and parallel/ (sequence-parallel attention).
+        # Replaceable by kernels/ (backend choice, fused glue) and parallel/ (sequence-parallel attention).
         self.attn_fn: AttentionFn = attention
-        self.rope_fn = apply_rope_reference
+        self.glue = TORCH_GLUE
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
-        q = self.norm_q(linear(self.q, x)).view(b, n, self.num_heads, -1)
-        k = self.norm_k(linear(self.k, x)).view(b, n, self.num_heads, -1)
+        q = self.glue.rms_norm_rope(linear(self.q, x), self.norm_q, cos, sin, self.num_heads)
+        k = self.glue.rms_norm_rope(linear(self.k, x), self.norm_k, cos, sin, self.num_heads)
         v = linear(self.v, x).view(b, n, self.num_heads, -1)
-        q, k = self.rope_fn(q, cos, sin), self.rope_fn(k, cos, sin)
         out = self.attn_fn(q, k, v)
         return linear(self.o, out.flatten(2))
 
@@ -109,11 +165,12 @@ class CrossAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
         self.attn_fn: AttentionFn = attention
+        self.glue = TORCH_GLUE
 
     def project_context(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of the context; constant over a clip, so callers may cache them."""
         b, m, _ = context.shape
-        k = self.norm_k(linear(self.k, context)).view(b, m, self.num_heads, -1)
+        k = self.glue.rms_norm(linear(self.k, context), self.norm_k).view(b, m, self.num_heads, -1)
         v = linear(self.v, context).view(b, m, self.num_heads, -1)
         return k, v
 
@@ -122,7 +179,7 @@ class CrossAttention(nn.Module):
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         b, n, _ = x.shape
-        q = self.norm_q(linear(self.q, x)).view(b, n, self.num_heads, -1)
+        q = self.glue.rms_norm(linear(self.q, x), self.norm_q).view(b, n, self.num_heads, -1)
         k, v = kv if kv is not None else self.project_context(context)
         out = self.attn_fn(q, k, v)
         return linear(self.o, out.flatten(2))
@@ -139,6 +196,7 @@ class S2VBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim, eps=eps, elementwise_affine=True)
         self.cross_attn = CrossAttention(dim, num_heads, eps)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
+        self.glue = TORCH_GLUE
 
     def forward(
         self,
@@ -153,15 +211,14 @@ class S2VBlock(nn.Module):
         """x: [B, L, D] float32 residual stream; e0: [B, 2, 6, D] time projections for (t, 0)."""
         mod = (self.modulation.float()[:, None] + e0.float()).unbind(2)  # 6 x [B, 2, D]
         shift1, scale1, gate1, shift2, scale2, gate2 = mod
-        y = modulate_segments(x, n_noisy, shift1, scale1, self.eps)
-        x = x + gate_segments(self.self_attn(y, cos, sin), n_noisy, gate1)
-        normed = F.layer_norm(
-            x.float(), (x.shape[-1],), self.norm3.weight.float(), self.norm3.bias.float(), self.eps
+        g = self.glue
+        y = g.modulate(x, n_noisy, shift1, scale1, self.eps)
+        x, normed = g.gated_residual_norm(
+            x, self.self_attn(y, cos, sin), n_noisy, gate1, self.norm3.weight, self.norm3.bias, self.eps
         )
-        x = x + self.cross_attn(normed, context=context, kv=context_kv).float()
-        y = modulate_segments(x, n_noisy, shift2, scale2, self.eps)
-        y = linear(self.ffn[2], self.ffn[1](linear(self.ffn[0], y)))
-        return x + gate_segments(y, n_noisy, gate2)
+        x, y = g.residual_modulate(x, self.cross_attn(normed, context=context, kv=context_kv), n_noisy,
+                                   shift2, scale2, self.eps)
+        return g.gated_residual(x, g.ffn(self.ffn, y), n_noisy, gate2)
 
 
 class Head(nn.Module):

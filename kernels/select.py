@@ -1,0 +1,127 @@
+"""Install the fastest exact kernels (and, on request, fp8 linears) on a built S2V DiT.
+
+``optimize_dit(dit, device)`` is called once after the model is built and loaded. It decides
+everything at that point and logs it: the attention backend order for the device (each shape is
+still checked at its first use, see ``kernels.attention``), the fused Triton glue when the model
+sits on a CUDA device with Triton (checked against the torch reference on small tensors before it
+is installed), and fp8 linears when ``fp8=True`` on a GPU that has fp8 tensor cores. On CPU it
+installs nothing: the model keeps the plain torch reference.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from . import attention
+from .fp8 import FP8Linear, convert_linears_to_fp8, scaled_mm_supported
+from .glue import FusedGlue
+from .norms import residual_layer_norm, residual_layer_norm_reference
+from .rope import rms_norm_rope, rms_norm_rope_reference
+from .triton_support import triton_status
+
+log = logging.getLogger(__name__)
+
+# Linear layers converted in fp8 mode: everything of the blocks and audio injectors that runs on
+# every token at every forward. The text K/V projections run once per clip and stay bf16.
+FP8_BLOCK_LINEARS = (("self_attn", "q"), ("self_attn", "k"), ("self_attn", "v"), ("self_attn", "o"),
+                     ("cross_attn", "q"), ("cross_attn", "o"), ("ffn", "0"), ("ffn", "2"))
+FP8_INJECTOR_LINEARS = ("q", "o")
+
+
+@dataclass
+class OptimizationReport:
+    device: str
+    attention: str
+    glue: str
+    fp8: str
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return f"{self.device}: attention {self.attention}; glue {self.glue}; fp8 linears {self.fp8}"
+
+
+def _attention_modules(dit: nn.Module) -> list[nn.Module]:
+    mods = []
+    for blk in dit.blocks:
+        mods += [blk, blk.self_attn, blk.cross_attn]
+    mods += list(dit.audio_injector.injector)
+    return mods
+
+
+def _glue_self_test(device: torch.device) -> str | None:
+    """Run each fused kernel once on small random tensors against the torch reference;
+    returns a problem description or None."""
+    g = torch.Generator(device=device).manual_seed(0)
+    b, n, d = 2, 37, 320
+
+    def rnd(*shape, dtype=torch.float32):
+        return torch.randn(*shape, generator=g, device=device, dtype=torch.float32).to(dtype)
+
+    x, y = rnd(b, n, d), rnd(b, n, d, dtype=torch.bfloat16)
+    gate, a, sh = rnd(b, 2, d), rnd(b, 2, d), rnd(b, 2, d)
+    got = residual_layer_norm(x, y, gate, n_first=20, a=a, b=sh, eps=1e-6, out_dtype=torch.bfloat16)
+    ref = residual_layer_norm_reference(x, y, gate, n_first=20, a=a, b=sh, eps=1e-6, out_dtype=torch.bfloat16)
+    problems = []
+    if attention.relative_error(got[0], ref[0]) > 1e-6 or attention.relative_error(got[1], ref[1]) > 1e-2:
+        problems.append("residual_layer_norm")
+    q = rnd(b, n, d, dtype=torch.bfloat16)
+    w = 1 + 0.1 * rnd(d, dtype=torch.bfloat16)
+    cos, sin = rnd(n, 16), rnd(n, 16)
+    if attention.relative_error(rms_norm_rope(q, w, 1e-6, cos, sin), rms_norm_rope_reference(q, w, 1e-6, cos, sin)) > 1e-2:
+        problems.append("rms_norm_rope")
+    return ", ".join(problems) + " disagree with the torch reference" if problems else None
+
+
+def optimize_dit(dit: nn.Module, device: torch.device | str | None = None, fp8: bool = False) -> OptimizationReport:
+    """Install the kernels chosen for ``device`` (default: where the DiT's weights are) on ``dit``."""
+    device = torch.device(device) if device is not None else dit.patch_embedding.weight.device
+    attention.choose_backend(device)
+    att = attention.device_choice(device)
+    report = OptimizationReport(str(device), " > ".join(att.order), "torch reference", "off")
+    if device.type == "cuda":
+        ok, why = triton_status()
+        problem = _glue_self_test(device) if ok else why
+        if problem is None:
+            linear_dtype = dit.blocks[0].self_attn.q.weight.dtype if isinstance(
+                dit.blocks[0].self_attn.q, nn.Linear) else torch.bfloat16
+            for m in _attention_modules(dit):
+                if not isinstance(m.glue, FusedGlue):
+                    m.glue = FusedGlue(m.glue, linear_dtype)
+            report.glue = f"fused Triton ({why})"
+        else:
+            report.glue = f"torch reference ({problem})"
+    if fp8:
+        report.fp8 = _install_fp8(dit, device, report)
+    log.info("optimize_dit: %s", report.describe())
+    return report
+
+
+def use_reference_glue(dit: nn.Module) -> None:
+    """Undo the fused glue of :func:`optimize_dit` (the torch reference again; fp8 linears stay)."""
+    for m in _attention_modules(dit):
+        if isinstance(m.glue, FusedGlue):
+            m.glue = m.glue.reference
+
+
+def _install_fp8(dit: nn.Module, device: torch.device, report: OptimizationReport) -> str:
+    if device.type == "cuda" and not scaled_mm_supported(device.index or 0):
+        cap = torch.cuda.get_device_capability(device)
+        raise ValueError(f"fp8 mode needs fp8 tensor cores (compute capability >= 8.9); {device} has "
+                         f"{cap[0]}.{cap[1]}: run without fp8")
+    targets: list[tuple[nn.Module, str]] = []
+    for blk in dit.blocks:
+        for mod, name in FP8_BLOCK_LINEARS:
+            targets.append((getattr(blk, mod), name))
+    for inj in dit.audio_injector.injector:
+        targets += [(inj, name) for name in FP8_INJECTOR_LINEARS]
+    n = convert_linears_to_fp8(targets)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    else:
+        report.notes.append("fp8 on CPU runs the dequantised float32 reference (for error measurements)")
+    total = sum(1 for m in dit.modules() if isinstance(m, FP8Linear))
+    return f"{n} layers converted ({total} in the model; per-channel weight, per-token activation scales)"
