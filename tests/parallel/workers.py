@@ -1,0 +1,153 @@
+"""Functions run inside the spawned gloo processes of the parallel tests (importable by spawn).
+
+Each worker builds the same tiny model and inputs in every process (seeded), computes the
+single-device result itself, and returns plain floats (max-abs errors), never tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from parallel import ParallelContext, ParallelDims, parallelize_dit
+from render.config import DiTConfig
+from render.dit.model import S2VDiT
+
+# 4 heads (so Ulysses 2 and 4 divide them), head_dim 16, injectors after blocks 0 and 2.
+CFG = DiTConfig(dim=64, ffn_dim=96, num_heads=4, num_layers=3, audio_inject_layers=[0, 2], audio_dim=16,
+                text_len=12)
+
+# (name, batch, latent frames, latent h, latent w, drop_motion): token counts chosen so that
+# the degrees 2 and 4 do not divide them, and so that with 4 ranks some hold no frame at all.
+CASES = [
+    ("motion_odd", 2, 3, 10, 14, False),  # 35 tokens/frame, L = 185
+    ("clip0_no_motion", 2, 2, 10, 14, True),  # L = 105, a rank of only padding at degree 4
+    ("batch1_motion", 1, 5, 8, 12, False),  # L = 178
+]
+
+
+def build_model(seed: int = 0) -> S2VDiT:
+    torch.manual_seed(seed)
+    m = S2VDiT(CFG)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
+            elif "norm" in name:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    return m.eval()
+
+
+def make_inputs(batch: int, frames: int, lat_h: int, lat_w: int, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g)
+
+    return dict(x=r(batch, 16, frames, lat_h, lat_w), t=torch.tensor(700.0),
+                context=[r(5 + 3 * i, 4096) for i in range(batch)], ref=r(batch, 16, 1, lat_h, lat_w),
+                motion=r(batch, 16, 19, lat_h, lat_w), pose=r(batch, 16, frames, lat_h, lat_w),
+                audio=r(batch, 25, CFG.audio_dim, 4 * frames))
+
+
+def forward(model, inp: dict, drop: bool) -> torch.Tensor:
+    with torch.inference_mode():
+        cond = model.prepare(inp["x"].shape, inp["context"], inp["ref"], inp["motion"], inp["pose"], inp["audio"],
+                             drop_motion_frames=drop, cache_context_kv=True)
+        return model.denoise(inp["x"], inp["t"], cond)
+
+
+def references() -> dict[str, torch.Tensor]:
+    m = build_model()
+    return {name: forward(m, make_inputs(b, f, h, w), drop) for name, b, f, h, w, drop in CASES}
+
+
+def forward_matrix(rank: int, world: int, plans: list[tuple[str, dict, list[int] | None]]) -> dict[str, float]:
+    """For each (label, ParallelDims kwargs, member ranks or None = all): the max-abs error of
+    every case against the single-device forward. Ranks outside a plan's members skip it."""
+    refs = references()
+    groups: dict[tuple, dist.ProcessGroup] = {}
+    for _, _, members in plans:  # every rank makes every subgroup, in the same order
+        if members is not None and tuple(members) not in groups:
+            groups[tuple(members)] = dist.new_group(members)
+    out: dict[str, float] = {}
+    for label, kw, members in plans:
+        if members is not None and rank not in members:
+            continue
+        group = groups[tuple(members)] if members is not None else None
+        ctx = ParallelContext.create(ParallelDims(**kw), group=group)
+        model = parallelize_dit(build_model(), ctx)
+        for name, b, f, h, w, drop in CASES:
+            got = forward(model, make_inputs(b, f, h, w), drop)
+            out[f"{label}/{name}"] = float((got - refs[name]).abs().max())
+    dist.barrier()
+    return out
+
+
+def unmasked_padding_error(rank: int, world: int) -> float:
+    """Negative control: the same Ulysses x ring forward with padding keys left in attention."""
+    from parallel import layout
+
+    refs = references()
+    ctx = ParallelContext.create(ParallelDims(ulysses=2, ring=2))
+    model = parallelize_dit(build_model(), ctx)
+    original = layout.KeyPlan.valid_keys
+    layout.KeyPlan.valid_keys = lambda self, chunk, k, v: (k, v)  # keep every key, padding included
+    try:
+        name, b, f, h, w, drop = CASES[0]
+        got = forward(model, make_inputs(b, f, h, w), drop)
+    finally:
+        layout.KeyPlan.valid_keys = original
+    return float((got - refs[name]).abs().max())
+
+
+def sharded_weight_bytes(rank: int, world: int) -> tuple[int, int]:
+    """(bytes this rank holds of the blocks and injectors, their whole size) with shard_weights."""
+    from parallel.fsdp import local_parameter_bytes, sharded_units
+
+    def units_bytes(m) -> int:
+        return sum(local_parameter_bytes(u) for u in sharded_units(m))
+
+    whole = units_bytes(build_model())
+    ctx = ParallelContext.create(ParallelDims(cfg=2, ulysses=2, shard_weights=True))
+    model = parallelize_dit(build_model(), ctx)
+    return units_bytes(model), whole
+
+
+def fail_on_rank(rank: int, world: int, bad_rank: int) -> None:
+    """Rank ``bad_rank`` raises; the others block in a collective it never joins."""
+    if rank == bad_rank:
+        raise ValueError(f"planted failure on rank {rank}")
+    dist.barrier()
+
+
+CLIP_SETTINGS = dict(size="64*64", steps=2, infer_frames=16, motion_frames=9, seed=7)
+
+
+def render_clips(ckpt: str, audio: str, image: str, dims_kw: dict | None, clips: int = 2):
+    """Frames [3, n, H, W] (numpy) of the first ``clips`` clips of a shot, single-device when
+    ``dims_kw`` is None, else with the DiT parallelized over the current process group."""
+    from render.clip_loop import initial_chain_state
+    from render.config import RenderSettings
+    from render.pipeline import S2VPipeline
+
+    pipe = S2VPipeline(ckpt, device="cpu")
+    s = RenderSettings(**CLIP_SETTINGS)
+    plan, decoded = pipe.plan_shot(audio, image, s)
+    shot = pipe.prepare_shot(plan, decoded, image, "a face talks", s)
+    if dims_kw is not None:
+        parallelize_dit(pipe.dit, ParallelContext.create(ParallelDims(**dims_kw)))
+    renderer = pipe.chain_renderer(s, progress=False)
+    state = initial_chain_state(s, shot)
+    frames = []
+    for _ in range(clips):
+        video, state = renderer.render_clip(shot, state)
+        frames.append(video)
+    return torch.cat(frames, dim=1).numpy()
+
+
+def render_clips_worker(rank: int, world: int, ckpt: str, audio: str, image: str, dims_kw: dict):
+    return render_clips(ckpt, audio, image, dims_kw)
