@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from transformers import UMT5Config, UMT5EncoderModel
 
+from render.checkpoint_keys import key_mismatches
 from render.config import CheckpointError
 
 # Fixed in the official umT5 code, not recorded in the checkpoint.
@@ -45,7 +46,6 @@ _LAYER_KEY_MAP: dict[str, str] = {
     "ffn.fc2.weight": "1.DenseReluDense.wo.weight",
 }
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
-_MAX_KEYS_IN_MESSAGE = 12
 
 
 @functools.cache
@@ -66,12 +66,6 @@ def clean_prompt(text: str) -> str:
         text = fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return re.sub(r"\s+", " ", text).strip()
-
-
-def _short_list(keys: Sequence[str]) -> str:
-    shown = ", ".join(keys[:_MAX_KEYS_IN_MESSAGE])
-    more = len(keys) - _MAX_KEYS_IN_MESSAGE
-    return shown + (f", ... (+{more} more)" if more > 0 else "")
 
 
 def _require(state: Mapping[str, torch.Tensor], key: str, ndim: int, path: str) -> torch.Size:
@@ -152,21 +146,7 @@ def hf_keys_for(official_key: str) -> list[str]:
 
 
 def _check_keys(state: Mapping[str, torch.Tensor], config: UMT5Config, path: str) -> None:
-    expected = official_key_shapes(config)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    misshaped = [
-        f"{k} {tuple(state[k].shape)} (expected {expected[k]})"
-        for k in expected
-        if k in state and tuple(state[k].shape) != expected[k]
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_short_list(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_short_list(unexpected)}")
-    if misshaped:
-        problems.append(f"wrong shapes: {_short_list(misshaped)}")
+    problems = key_mismatches(official_key_shapes(config), {k: tuple(v.shape) for k, v in state.items()})
     if problems:
         raise CheckpointError(
             f"{path}: not a consistent umT5 encoder checkpoint for the inferred config "

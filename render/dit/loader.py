@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from ..checkpoint_keys import short_list
 from ..config import CheckpointError, DiTConfig
 from .model import S2VDiT
 
@@ -59,11 +60,6 @@ def checkpoint_files(ckpt_dir: Path) -> dict[str, Path]:
     )
 
 
-def _summarise(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"{shown}{f', … ({len(keys)} in all)' if len(keys) > limit else ''}"
-
-
 def load_state_strict(model: torch.nn.Module, files: dict[str, Path], device: torch.device,
                       dtype: torch.dtype | None, source: str) -> None:
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -71,9 +67,9 @@ def load_state_strict(model: torch.nn.Module, files: dict[str, Path], device: to
     unexpected = sorted(set(files) - set(expected))
     problems = []
     if missing:
-        problems.append(f"missing keys: {_summarise(missing)}")
+        problems.append(f"missing keys: {short_list(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {_summarise(unexpected)}")
+        problems.append(f"unexpected keys: {short_list(unexpected)}")
     by_file: dict[Path, list[str]] = {}
     for k, f in files.items():
         if k in expected:
@@ -98,7 +94,7 @@ def load_state_strict(model: torch.nn.Module, files: dict[str, Path], device: to
                 t = handle.get_tensor(k)
                 tensors[k] = t.to(device=device, dtype=dtype or t.dtype)
     if bad_shapes:
-        problems.append(f"wrong shapes: {_summarise(bad_shapes)}")
+        problems.append(f"wrong shapes: {short_list(bad_shapes)}")
     if problems:
         raise CheckpointError(f"{source}: checkpoint does not match the model config: " + "; ".join(problems))
     model.load_state_dict(tensors, strict=True, assign=True)

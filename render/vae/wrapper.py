@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from render.checkpoint_keys import key_mismatches, short_list
 from render.config import CheckpointError
 from render.vae.model import FRAMES_PER_LATENT, SPATIAL_FACTOR, WanVAEModel, build_vae_skeleton
 
@@ -139,11 +140,6 @@ def _check_latents(latents: torch.Tensor) -> bool:
     return latents.dim() == 5
 
 
-def _short_list(items: list[str], limit: int = 5) -> str:
-    shown = ", ".join(items[:limit])
-    return f"{len(items)} ({shown}{', ...' if len(items) > limit else ''})"
-
-
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
@@ -167,7 +163,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: expected a plain {{key: tensor}} state dict, got {type(state).__name__}")
     not_tensors = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor) or not v.is_floating_point()]
     if not_tensors:
-        raise CheckpointError(f"{path}: values that are not floating-point tensors: {_short_list(not_tensors)}")
+        raise CheckpointError(f"{path}: values that are not floating-point tensors: {short_list(not_tensors)}")
     return dict(state)
 
 
@@ -182,20 +178,7 @@ def _infer_dim(path: Path, state: Mapping[str, torch.Tensor]) -> int:
 
 def _check_keys(path: Path, model: WanVAEModel, state: Mapping[str, torch.Tensor], dim: int) -> None:
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    misshaped = [
-        f"{k} {tuple(state[k].shape)} (expected {expected[k]})"
-        for k in expected
-        if k in state and tuple(state[k].shape) != expected[k]
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_short_list(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_short_list(unexpected)}")
-    if misshaped:
-        problems.append(f"wrong shapes: {_short_list(misshaped)}")
+    problems = key_mismatches(expected, {k: tuple(v.shape) for k, v in state.items()})
     if problems:
         raise CheckpointError(
             f"{path}: not a Wan2.1 VAE checkpoint for the inferred width dim={dim} "
