@@ -38,6 +38,9 @@ class ShotConditioning:
     height: int
     width: int
     pose_latents: torch.Tensor | None = None  # [1, 16, clips * F, h, w] or None (zeros)
+    # Shot video frame that audio_frames[..., 0] belongs to: 0 for a whole shot, the start of
+    # its audio window for a segment of a long shot (its features cover only that window).
+    audio_start_frame: int = 0
 
     @property
     def latent_hw(self) -> tuple[int, int]:
@@ -105,11 +108,13 @@ class ChainRenderer:
         self.progress = progress
 
     def clip_uses_motion(self, clip: int, segment: int = 0) -> bool:
-        # The official pipeline drops motion tokens for the very first clip of a shot only.
-        return not (clip == 0 and segment == 0 and not self.s.start_from_ref)
+        # The official pipeline drops motion tokens for the very first clip of a shot. The first
+        # clip of a later segment has no previous clip either: it is conditioned the same way
+        # (reference only) and the stitcher blends the join (render/seams.py).
+        return not (clip == 0 and not self.s.start_from_ref)
 
     def frames_kept(self, clip: int, segment: int = 0) -> int:
-        if self.s.official_frame_drop and not self.clip_uses_motion(clip, segment):
+        if self.s.official_frame_drop and segment == 0 and not self.clip_uses_motion(clip, segment):
             return self.s.infer_frames - 3
         return self.s.infer_frames
 
@@ -125,7 +130,10 @@ class ChainRenderer:
         clip = state.next_clip
         h, w = shot.latent_hw
         f = s.latent_frames
-        start = clip * s.infer_frames if audio_offset is None else audio_offset
+        start = (clip * s.infer_frames if audio_offset is None else audio_offset) - shot.audio_start_frame
+        if start < 0:
+            raise ValueError(f"clip audio starts at shot frame {start + shot.audio_start_frame}, before this "
+                             f"conditioning's audio window (starts at frame {shot.audio_start_frame})")
         audio = shot.audio_frames[..., start: start + s.infer_frames]
         if audio.shape[-1] < s.infer_frames:  # past the end of the audio: silence, as official
             audio = torch.cat([audio, audio.new_zeros(*audio.shape[:-1], s.infer_frames - audio.shape[-1])], -1)

@@ -15,6 +15,7 @@ from .clip_loop import StepCallback, initial_chain_state
 from .config import RenderSettings
 from .pipeline import S2VPipeline
 from .publish import atomic_output, verify_video
+from .shot_segments import SegmentOptions, render_shot_segments
 from .video_writer import AudioTrack, Mp4Writer
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,18 @@ class ShotResult:
 
 def render_shot(pipe: S2VPipeline, audio_path: str | Path, image_path: str | Path, prompt: str,
                 out_path: str | Path, settings: RenderSettings, on_step: StepCallback | None = None,
-                progress: bool = True, pose_video: str | Path | None = None) -> ShotResult:
+                progress: bool = True, pose_video: str | Path | None = None,
+                segments: SegmentOptions | None = None) -> ShotResult:
     """Render a whole shot as one chain of clips (the official semantics) and publish the MP4.
 
     Frames are encoded as each clip finishes (memory does not grow with the audio length); the
     file appears at ``out_path`` only once it is complete and verified.
+    ``segments``: segment mode and sizes (default: sequential, as above); a shot planned into
+    several segments goes through ``render_shot_segments``.
     """
+    if segments is not None and segments.needs_segment_path(pose_video):
+        return render_shot_segments(pipe, audio_path, image_path, prompt, out_path, settings, segments,
+                                    on_step=on_step, progress=progress, pose_video=pose_video)
     t0 = time.time()
     out_path = Path(out_path)
     plan, audio16k = pipe.plan_shot(audio_path, image_path, settings)

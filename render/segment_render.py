@@ -1,0 +1,342 @@
+"""Render one segment of a shot to an intermediate, with state persisted after every clip.
+
+Layout of a segment's folder (``work_dir/segment_NNNN/``):
+
+    clip_0000.mp4, clip_0001.mp4, ...   the segment's frames, one H.264 file per clip (high
+                                       quality intermediate), each published atomically
+    state.pt                           what the next clip needs (next clip index, motion latents,
+                                       the pixel tail when a clip is shorter than the motion
+                                       window, seeds and audio offsets so far), replaced
+                                       atomically after each clip's file is durable
+    segment.json                       the committed record, written last: the segment is done
+
+A crash at any instant loses at most the clip in flight: ``render_segment`` resumes after the
+last clip whose state was committed, and because a clip's noise is a pure function of (shot
+seed, segment index, clip index) and the persisted state is exactly what the chain carries, the
+resumed frames are identical to an uninterrupted run's.
+
+Segment 0 is the official chain. A later segment has no previous clip: its first clip is
+conditioned like the official clip 0 (reference image only, no motion frames) on the audio at
+its own position, and the stitcher crossfades the overlap with the previous segment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio_io import DecodedAudio
+from .clip_loop import ChainRenderer, ChainState, ShotConditioning, clip_seed, initial_chain_state
+from .config import S2V_NEGATIVE_PROMPT, RenderSettings
+from .publish import publish_atomically, temp_path_for, verify_video
+from .segments import PLANNER_SAMPLE_RATE, SegmentPlan
+from .video_writer import Mp4Writer
+
+log = logging.getLogger(__name__)
+
+RECORD_FILE = "segment.json"
+STATE_FILE = "state.pt"
+RECORD_VERSION = 1
+# Intermediates are re-encoded once more by the stitcher: near-lossless here (crf 8 is visually
+# lossless for H.264; the official output quality is crf 10).
+INTERMEDIATE_CRF = 8
+# Audio context on each side of a segment's window for its wav2vec features (seconds).
+FEATURE_CONTEXT_SECONDS = 5.0
+
+OnClip = Callable[[int, int, int], None]  # (segment index, clip index just committed, clips in segment)
+
+
+class SegmentStateError(ValueError):
+    """Persisted segment state does not match this render (other plan, settings or inputs)."""
+
+
+def segment_dir(work_dir: str | Path, index: int) -> Path:
+    return Path(work_dir) / f"segment_{index:04d}"
+
+
+def clip_file(seg_dir: Path, clip: int) -> Path:
+    return seg_dir / f"clip_{clip:04d}.mp4"
+
+
+# --- conditioning of one segment -----------------------------------------------------------------
+
+
+def feature_window(plan: SegmentPlan, index: int, context_seconds: float = FEATURE_CONTEXT_SECONDS
+                   ) -> tuple[int, int, int, int]:
+    """(first shot frame, frames, first 16 kHz sample, samples) of segment ``index``'s audio window.
+
+    The window starts on a whole second so that video frames, 30 fps feature frames and 50 Hz
+    wav2vec frames fall on the same grids as for the whole shot (the bucketing repeats every
+    second at 16 fps). A one-segment plan's window is the whole audio: identical features to the
+    official whole-utterance run.
+    """
+    seg, fps = plan.segments[index], plan.fps
+    n_audio = int(round(plan.duration_s * PLANNER_SAMPLE_RATE))
+    end_frame = seg.start_frame + seg.num_clips * plan.infer_frames  # audio the clips read
+    if len(plan.segments) == 1:
+        return 0, end_frame, 0, n_audio
+    start_s = max(0, math.floor(seg.start_frame / fps - context_seconds))
+    start_frame = start_s * fps
+    end_sample = min(n_audio, int(math.ceil((end_frame / fps + context_seconds) * PLANNER_SAMPLE_RATE)))
+    start_sample = start_s * PLANNER_SAMPLE_RATE
+    return start_frame, end_frame - start_frame, start_sample, max(0, end_sample - start_sample)
+
+
+def segment_conditioning(pipe, plan: SegmentPlan, index: int, audio_path: str | Path, image_path: str | Path,
+                         prompt: str, settings: RenderSettings,
+                         context_seconds: float = FEATURE_CONTEXT_SECONDS) -> ShotConditioning:
+    """The conditioning segment ``index`` needs: prompt embeddings, reference latent, and audio
+    features of its own window only (memory independent of the shot's length)."""
+    from .audio_stream import read_window
+    from .image_io import image_size, load_reference_image
+    from .sizing import output_size, parse_size
+
+    h0, w0 = image_size(image_path)
+    height, width = output_size(h0, w0, parse_size(settings.size))
+    neg = settings.negative_prompt if settings.negative_prompt else S2V_NEGATIVE_PROMPT
+    ctx, neg_ctx = pipe.embed_prompts([prompt, neg])
+    ref = load_reference_image(image_path, height, width)
+    with torch.inference_mode():
+        ref_lat = pipe.vae.encode(ref[:, None].to(pipe.device, pipe.vae_dtype)).float()[None].cpu()
+    f0, nf, s0, ns = feature_window(plan, index, context_seconds)
+    samples = read_window(audio_path, s0, s0 + ns, PLANNER_SAMPLE_RATE)
+    audio = DecodedAudio(samples, PLANNER_SAMPLE_RATE, ns / PLANNER_SAMPLE_RATE, PLANNER_SAMPLE_RATE, 1, "window")
+    frames = pipe.audio_frames(audio, nf, settings.fps)
+    return ShotConditioning(ctx, neg_ctx, ref_lat, ref, frames, height, width, audio_start_frame=f0)
+
+
+# --- fingerprint and durable files ---------------------------------------------------------------
+
+
+def _tensor_digest(h: hashlib._Hash, t: torch.Tensor | None) -> None:
+    if t is None:
+        h.update(b"none")
+        return
+    t = t.detach().to("cpu").contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def segment_fingerprint(plan: SegmentPlan, index: int, settings: RenderSettings, shot: ShotConditioning,
+                        intermediate_crf: int = INTERMEDIATE_CRF) -> str:
+    """What the segment's frames depend on (the model weights are the run's fingerprint's job)."""
+    h = hashlib.sha256()
+    s = dataclasses.asdict(settings)
+    s.pop("crf")  # the final encode only
+    h.update(json.dumps({"plan_fps": plan.fps, "infer": plan.infer_frames, "segment": plan.segments[index].to_dict(),
+                         "settings": s, "crf": intermediate_crf, "h": shot.height, "w": shot.width,
+                         "audio_start": shot.audio_start_frame}, sort_keys=True).encode())
+    for t in (shot.prompt_context, shot.negative_context, shot.ref_latents, shot.audio_frames, shot.pose_latents):
+        _tensor_digest(h, t)
+    return h.hexdigest()
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = temp_path_for(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(functools.partial(f.read, 1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_record(seg_dir: str | Path) -> dict | None:
+    """The committed record of a finished segment, or None if it is not finished."""
+    p = Path(seg_dir) / RECORD_FILE
+    if not p.is_file():
+        return None
+    try:
+        rec = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SegmentStateError(f"{p}: unreadable segment record ({e}); delete the folder to re-render") from e
+    if rec.get("version") != RECORD_VERSION:
+        raise SegmentStateError(f"{p}: record version {rec.get('version')!r}, expected {RECORD_VERSION}")
+    return rec
+
+
+def _write_clip(path: Path, frames: torch.Tensor, width: int, height: int, fps: int, crf: int) -> str:
+    tmp = temp_path_for(path)
+    try:
+        with Mp4Writer(tmp, width, height, fps=fps, crf=crf) as w:
+            w.write(frames)
+            w.close()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    verify = functools.partial(verify_video, expected_frames=frames.shape[1], tolerance_frames=0)
+    publish_atomically(tmp, path, verify)
+    return _sha256(path)
+
+
+def _save_state(seg_dir: Path, payload: dict) -> None:
+    _write_durably(seg_dir / STATE_FILE, lambda tmp: torch.save(payload, tmp))
+
+
+def _load_state(seg_dir: Path, fingerprint: str, settings: RenderSettings, shot: ShotConditioning,
+                restart: bool) -> tuple[ChainState, dict] | None:
+    p = seg_dir / STATE_FILE
+    if not p.is_file():
+        return None
+    try:
+        st = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable state is reported the same way
+        if restart:
+            return None
+        raise SegmentStateError(f"{p}: unreadable segment state ({e}); pass restart=True or delete it") from e
+    if st.get("fingerprint") != fingerprint:
+        if restart:
+            return None
+        raise SegmentStateError(
+            f"{p}: state was written for different inputs (plan, settings, prompt, image or audio); "
+            "pass restart=True (CLI: delete the work folder) to render this segment again")
+    for c in range(st["next_clip"]):
+        f = clip_file(seg_dir, c)
+        if not f.is_file() or _sha256(f) != st["clips"][c]["sha256"]:
+            if restart:
+                return None
+            raise SegmentStateError(f"{f}: missing or changed since state {p} was committed; delete the folder")
+    buf = torch.zeros(3, settings.motion_frames, shot.height, shot.width)
+    tail = st.get("motion_tail")
+    if tail is not None and tail.shape[1]:
+        buf[:, -tail.shape[1]:] = tail
+    return ChainState(st["next_clip"], buf, motion_latents=st["motion_latents"]), st
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+def _as_renderer(pipe_or_renderer, settings: RenderSettings) -> ChainRenderer:
+    if isinstance(pipe_or_renderer, ChainRenderer) or hasattr(pipe_or_renderer, "render_clip"):
+        return pipe_or_renderer
+    return pipe_or_renderer.chain_renderer(settings, progress=False)
+
+
+def render_segment(pipe_or_renderer, shot: ShotConditioning, plan: SegmentPlan, index: int,
+                   settings: RenderSettings, work_dir: str | Path, on_clip: OnClip | None = None, *,
+                   restart: bool = False, intermediate_crf: int = INTERMEDIATE_CRF) -> Path:
+    """Render (or resume, or find finished) segment ``index``; returns its folder once committed.
+
+    ``shot``: conditioning whose audio covers the segment (``segment_conditioning``, or a whole
+    shot's from ``S2VPipeline.prepare_shot``). State from different inputs raises
+    SegmentStateError unless ``restart``, which discards it.
+    """
+    settings.validate()
+    if not 0 <= index < len(plan.segments):
+        raise IndexError(f"segment index {index} outside 0..{len(plan.segments) - 1}")
+    if plan.fps != settings.fps or plan.infer_frames != settings.infer_frames:
+        raise ValueError(f"plan (fps {plan.fps}, infer_frames {plan.infer_frames}) does not match settings "
+                         f"(fps {settings.fps}, infer_frames {settings.infer_frames})")
+    if shot.pose_latents is not None and len(plan.segments) > 1:
+        raise ValueError("pose conditioning is only supported for one-segment (sequential) shots")
+    seg = plan.segments[index]
+    seg_dir = segment_dir(work_dir, index)
+    seg_dir.mkdir(parents=True, exist_ok=True)
+    from .stitch import sweep_dead_temps
+
+    sweep_dead_temps(seg_dir)  # half-written clip/state files of a killed earlier attempt
+    fingerprint = segment_fingerprint(plan, index, settings, shot, intermediate_crf)
+    record = read_record(seg_dir)
+    if record is not None:
+        if record["fingerprint"] == fingerprint and all(clip_file(seg_dir, c["clip"]).is_file()
+                                                        for c in record["clips"]):
+            return seg_dir
+        if not restart:
+            raise SegmentStateError(f"{seg_dir / RECORD_FILE}: finished segment was rendered from different "
+                                    "inputs; pass restart=True (CLI: delete the work folder) to render it again")
+    if restart and record is not None:
+        shutil.rmtree(seg_dir)
+        seg_dir.mkdir(parents=True)
+    renderer = _as_renderer(pipe_or_renderer, settings)
+    t0 = time.time()
+    loaded = _load_state(seg_dir, fingerprint, settings, shot, restart)
+    if loaded is None:
+        state = initial_chain_state(settings, shot)
+        meta = {"fingerprint": fingerprint, "clips": [], "written": 0, "wall_s": 0.0}
+    else:
+        state, meta = loaded
+        log.info("segment %d: resuming at clip %d of %d", index, state.next_clip, seg.num_clips)
+    tail_frames = max(0, settings.motion_frames - settings.infer_frames)
+    for c in range(state.next_clip, seg.num_clips):
+        offset = seg.clip_audio_offset(c, settings.infer_frames)
+        frames, nxt = renderer.render_clip(shot, state, segment=index, audio_offset=offset)
+        take = min(frames.shape[1], seg.num_frames - meta["written"])
+        if take <= 0:
+            raise RuntimeError(f"segment {index}: clip {c} adds no frame (plan has too many clips)")
+        path = clip_file(seg_dir, c)
+        digest = _write_clip(path, frames[:, :take], shot.width, shot.height, settings.fps, intermediate_crf)
+        last = c + 1 == seg.num_clips
+        meta["clips"].append({"clip": c, "file": path.name, "frames": take, "sha256": digest,
+                              "seed": clip_seed(settings.seed, index, c), "audio_offset": offset})
+        meta["written"] += take
+        if not last:
+            nxt.ensure_motion_latents(renderer.vae)
+            payload = {"fingerprint": fingerprint, "next_clip": c + 1, "clips": meta["clips"],
+                       "written": meta["written"], "wall_s": meta["wall_s"] + time.time() - t0,
+                       "motion_latents": nxt.motion_latents,
+                       "motion_tail": nxt.motion_pixels[:, nxt.motion_pixels.shape[1] - tail_frames:].clone()}
+            _save_state(seg_dir, payload)
+        state = nxt
+        if on_clip is not None:
+            on_clip(index, c, seg.num_clips)
+    if meta["written"] != seg.num_frames:
+        raise RuntimeError(f"segment {index}: wrote {meta['written']} frames, plan says {seg.num_frames}")
+    rec = {"version": RECORD_VERSION, "fingerprint": fingerprint, "segment": seg.to_dict(),
+           "fps": settings.fps, "width": shot.width, "height": shot.height, "frames": meta["written"],
+           "clips": meta["clips"], "wall_s": round(meta["wall_s"] + time.time() - t0, 3)}
+    _write_durably(seg_dir / RECORD_FILE, lambda tmp: tmp.write_text(json.dumps(rec, indent=1)))
+    (seg_dir / STATE_FILE).unlink(missing_ok=True)
+    return seg_dir
+
+
+def stitch_shot(plan: SegmentPlan, segment_paths, audio_path, out_path, settings=None, **kw):
+    """See ``render.stitch.stitch_shot`` (re-exported here for the scheduler)."""
+    from .stitch import stitch_shot as _stitch
+
+    return _stitch(plan, segment_paths, audio_path, out_path, settings, **kw)
+
+
+def segment_frames_digest(seg_dir: str | Path) -> str:
+    """sha256 over the decoded frames of a finished segment (for identity checks in tests/QA)."""
+    import av
+
+    h = hashlib.sha256()
+    rec = read_record(seg_dir)
+    if rec is None:
+        raise SegmentStateError(f"{seg_dir}: segment is not finished")
+    for c in rec["clips"]:
+        with av.open(str(Path(seg_dir) / c["file"])) as f:
+            for fr in f.decode(video=0):
+                h.update(np.ascontiguousarray(fr.to_ndarray(format="rgb24")).tobytes())
+    return h.hexdigest()
