@@ -30,6 +30,8 @@ def _add_render_options(p: argparse.ArgumentParser) -> None:
                    help="drop clip 0's first 3 frames like the official code (video 3 frames ahead of audio)")
     p.add_argument("--start-from-ref", action="store_true", help="official --start_from_ref")
     p.add_argument("--no-cfg-batch", action="store_true", help="run the two CFG passes one after the other")
+    p.add_argument("--fp8", action="store_true",
+                   help="fp8 e4m3 linear layers (GPU sm89+): ~9%% faster, changes numbers (rel. error ~4e-2)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -67,9 +69,14 @@ def cmd_render_shot(a: argparse.Namespace) -> int:
     for label, path in (("--audio", a.audio), ("--image", a.image)):
         if not Path(path).is_file():
             raise ValueError(f"{label} {path}: file not found")
-    pipe = S2VPipeline(a.ckpt, device=_device(a.device))
+    device = _device(a.device)
+    if a.fp8 and not device.startswith("cuda"):
+        raise ValueError("--fp8 needs a CUDA device (sm89 or newer)")
+    pipe = S2VPipeline(a.ckpt, device=device, fp8=a.fp8)
+    from render.cli_segments import segment_options
+
     r = render_shot(pipe, a.audio, a.image, a.prompt, a.out, settings, progress=not a.quiet,
-                    pose_video=a.pose_video)
+                    pose_video=a.pose_video, segments=segment_options(a))
     print(f"wrote {r.output} ({r.width}x{r.height}, {r.frames} frames, {r.duration_s:.2f} s, "
           f"{r.clips} clips, seed {r.seed}) in {r.wall_s:.1f} s")
     return EXIT_OK
@@ -131,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a Parquet manifest; lists every problem", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_validate)
+    from cluster.cli import register as register_cluster  # s2v run / status / submit
+
+    register_cluster(sub)
+    from render.cli_segments import register as register_segments  # segment options, assemble, qa
+
+    register_segments(sub)
     return ap
 
 

@@ -1,0 +1,466 @@
+"""The scheduling loop of a run (driver side): keeps every render group busy until all shots are
+done or failed.
+
+Work items and where they run:
+
+* planning (audio decode, geometry, segments) — the driver, once per shot, persisted;
+* prompt embeddings + audio features — one ``PrepWorker`` actor, in dispatch order;
+* segments — the render groups (``cluster.group``), longest and highest priority first;
+* stitch + publish — Ray CPU tasks, overlapping the groups' sampling.
+
+Every state change is written to the run directory before it is acted on, so killing the
+driver at any point loses at most the segments in flight (and a rerun resumes those from their
+last committed clip).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from threading import Event
+from typing import Any
+
+import ray
+
+from cluster.group import GroupSpec, GroupStartError, RenderGroup, form_group, teardown
+from cluster.ledger import Failure, RunDir, ShotStatus
+from cluster.metrics import RunMetrics
+from cluster.prep import PrepWorker, shot_prompts
+from cluster.results import stitch_and_record, write_run_results
+from cluster.scheduler import (
+    ERROR,
+    INFRA,
+    NodeHealth,
+    SegmentQueue,
+    SegmentTask,
+    failure_signature,
+    judge_failure,
+)
+from cluster.settings import EngineOptions, RunSettings
+from cluster.shot_work import ShotLayout, plan_shot, segment_finished
+from manifests import Shot
+
+log = logging.getLogger(__name__)
+
+PrepActor = ray.remote(PrepWorker)
+stitch_remote = ray.remote(stitch_and_record).options(num_cpus=1, max_retries=0)
+_COLLECTIVE_HINTS = ("gloo", "nccl", "connection closed", "connection reset", "timed out", "timeout")
+
+
+@dataclass
+class Job:
+    task: SegmentTask
+    attempt: int
+    refs: list[Any]
+    started: float
+    results: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class GroupSlot:
+    name: str
+    generation: int = 0
+    group: RenderGroup | None = None
+    forming: Future | None = None
+    start_failures: int = 0
+    next_try_at: float = 0.0
+    given_up: str | None = None
+    job: Job | None = None
+
+
+class RunEngine:
+    def __init__(self, run: RunDir, run_id: str, shots: list[Shot], settings: RunSettings, engine: EngineOptions,
+                 slot_resource: str, *, retry_failed: bool = False, stop: Event | None = None):
+        self.run, self.run_id, self.settings, self.opts = run, run_id, settings, engine
+        self.shots = {s.shot_id: s for s in shots}
+        self.order = [s.shot_id for s in shots]
+        self.retry_failed = retry_failed
+        self.stop = stop or Event()
+        self.spec = GroupSpec(str(run.path), run_id, settings.to_dict(), engine.group_size, slot_resource,
+                              engine.collective_timeout_s, engine.group_start_timeout_s, engine.cpu_threads_per_rank,
+                              engine.parallel)
+        self.layouts: dict[str, ShotLayout] = {}
+        self.status: dict[str, ShotStatus] = {}
+        self.queue = SegmentQueue()
+        self.prepared: set[str] = set()
+        self.slots = [GroupSlot(f"g{i}") for i in range(engine.groups)]
+        self.health = NodeHealth(engine.node_max_failures)
+        self.inflight: dict[Any, tuple[str, Any]] = {}  # ref -> ("render", slot) | ("stitch", id) | ("prep", ids)
+        self.stitching: set[str] = set()
+        self.prep_actor: Any = None
+        self.prep_pending: list[list[str]] = []
+        self.metrics = RunMetrics(run_id)
+        self.executor = ThreadPoolExecutor(max_workers=max(1, engine.groups), thread_name_prefix="s2v-form")
+        self._results_at = 0.0
+        self.rendered_segments = 0  # segments this driver rendered (a rerun of a finished run: 0)
+
+    # --- setup ---------------------------------------------------------------------------------
+
+    def _terminal(self, shot_id: str) -> bool:
+        return self.status[shot_id].state in ("done", "failed")
+
+    def _load(self) -> None:
+        for sid in self.order:
+            st = self.run.read_status(sid)
+            if self.run.is_published(sid):
+                st.state = "done"
+            elif st.state == "failed" and self.retry_failed:
+                st = ShotStatus(attempts=st.attempts)
+            elif st.state != "failed":
+                st.state = "pending"
+            self.status[sid] = st
+        skipped = sum(1 for s in self.status.values() if s.state == "done")
+        if skipped:
+            log.info("%d shots already published: skipped", skipped)
+        for sid in self.order:
+            if self._terminal(sid):
+                continue
+            shot = self.shots[sid]
+            plan = self.run.read_plan(sid)
+            if plan is None:
+                try:
+                    layout = plan_shot(shot, self.settings.render_settings(shot), self.settings.segment_options())
+                except Exception as exc:  # undecodable despite validation, unsupported settings...
+                    self._fail(sid, f"planning failed: {type(exc).__name__}: {exc}")
+                    continue
+                self.run.write_plan(sid, layout.to_dict())
+            else:
+                layout = ShotLayout.from_dict(plan)
+            self.layouts[sid] = layout
+            committed = self._committed(sid)
+            todo = [s for s in layout.segments if s.index not in committed]
+            for seg in todo:
+                self.queue.push(SegmentTask.make(sid, seg.index, shot.priority, seg.num_frames, shot.row or 0))
+            if not todo:
+                self._start_stitch(sid)
+            if committed:
+                log.info("shot %s: %d of %d segments already committed", sid, len(committed), len(layout.segments))
+        for sid, layout in self.layouts.items():
+            if all(self.run.features_file(sid, s.index).is_file() for s in layout.segments) and all(
+                    self.run.prompt_file(p).is_file() for p in shot_prompts(self.shots[sid])):
+                self.prepared.add(sid)
+
+    def _committed(self, sid: str) -> set[int]:
+        """Segments with a ledger record whose intermediate is still complete (a record without
+        its files — work folder removed by hand — is dropped and the segment rendered again)."""
+        out = set()
+        for index in self.run.committed_segments(sid):
+            if segment_finished(self.run.work_dir(sid), index):
+                out.add(index)
+            else:
+                log.warning("shot %s: segment %d has a commit record but no finished intermediate; "
+                            "rendering it again", sid, index)
+                self.run.segment_record(sid, index).unlink(missing_ok=True)
+        return out
+
+    def _start_prep(self) -> None:
+        need = [sid for sid in self.queue.shot_order() if sid not in self.prepared]
+        if not need:
+            return
+        self.prep_actor = PrepActor.options(num_cpus=1, name=f"s2v-{self.run_id}-prep").remote(
+            str(self.run.path), self.settings.to_dict(), self.opts.prep_threads)
+        for i in range(0, len(need), self.opts.prep_chunk):
+            chunk = need[i:i + self.opts.prep_chunk]
+            ref = self.prep_actor.prepare.remote([self.shots[s] for s in chunk],
+                                                 [self.layouts[s].to_dict() for s in chunk])
+            self.inflight[ref] = ("prep", chunk)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run_loop(self) -> dict[str, int]:
+        self._load()
+        self._start_prep()
+        try:
+            while not all(self._terminal(s) for s in self.order):
+                if self.stop.is_set():
+                    raise KeyboardInterrupt("stop requested")
+                self._maintain_groups()
+                self._dispatch()
+                if not self._progress_possible():
+                    break
+                self._wait_and_handle(0.5)
+                self._publish_state()
+        finally:
+            self._shutdown()
+        self._publish_state(force=True)
+        return {state: sum(1 for s in self.status.values() if s.state == state) for state in ("done", "failed")}
+
+    def _remaining_render_work(self) -> bool:
+        return len(self.queue) > 0 or any(s.job for s in self.slots)
+
+    def _maintain_groups(self) -> None:
+        now = time.time()
+        for slot in self.slots:
+            if slot.forming is not None and slot.forming.done():
+                self._formed(slot, slot.forming)
+            if (slot.group is None and slot.forming is None and slot.given_up is None and now >= slot.next_try_at
+                    and len(self.queue) > 0):
+                slot.generation += 1
+                slot.forming = self.executor.submit(form_group, self.spec, slot.name, slot.generation,
+                                                    set(self.health.excluded))
+
+    def _formed(self, slot: GroupSlot, fut: Future) -> None:
+        slot.forming = None
+        try:
+            slot.group = fut.result()
+            slot.start_failures = 0
+        except Exception as exc:
+            node = exc.node if isinstance(exc, GroupStartError) else None
+            slot.start_failures += 1
+            if self.health.record(node):
+                log.error("node %s excluded after %d failures", node, self.health.max_failures)
+            slot.next_try_at = time.time() + min(30.0, 2.0 ** slot.start_failures)
+            log.warning("group %s start %d/%d failed: %s", slot.name, slot.start_failures,
+                        self.opts.group_start_retries, exc)
+            if slot.start_failures >= self.opts.group_start_retries:
+                slot.given_up = str(exc)
+                log.error("group %s given up after %d failed starts", slot.name, slot.start_failures)
+
+    def _dispatch(self) -> None:
+        for slot in self.slots:
+            if slot.group is None or slot.job is not None:
+                continue
+            task = self.queue.pop_ready(lambda sid: sid in self.prepared and not self._terminal(sid))
+            if task is None:
+                return
+            sid = task.shot_id
+            st = self.status[sid]
+            st.attempts += 1
+            st.state = "running"
+            st.started_at = st.started_at or time.time()
+            attempt = self.run.next_attempt(sid)
+            self.run.write_status(sid, st)
+            self._attempt_note(sid, attempt, f"attempt {attempt}: segment {task.index} on group "
+                                             f"{slot.group.label} (node {slot.group.node_id}, pids {slot.group.pids})")
+            payload = {"shot": self.shots[sid], "index": task.index, "attempt": attempt,
+                       "layout": self.layouts[sid].to_dict()}
+            refs = [a.render.remote(payload) for a in slot.group.actors]
+            slot.job = Job(task, attempt, refs, time.time())
+            for ref in refs:
+                self.inflight[ref] = ("render", slot)
+
+    def _progress_possible(self) -> bool:
+        if self.inflight or any(s.forming for s in self.slots):
+            return True
+        if self._remaining_render_work() and all(s.given_up for s in self.slots):
+            reason = "; ".join(sorted({s.given_up or "" for s in self.slots}))
+            for sid in self.queue.shot_order():
+                self._fail(sid, f"no render group could be started: {reason}")
+            return False
+        return True
+
+    def _wait_and_handle(self, timeout: float) -> None:
+        refs = list(self.inflight)
+        if not refs:
+            time.sleep(min(timeout, 0.2))
+            return
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        if ready:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        for ref in ready:
+            if ref not in self.inflight:  # consumed by a group failure handled earlier in this batch
+                continue
+            kind, what = self.inflight.pop(ref)
+            if kind == "render":
+                self._render_returned(what, ref)
+            elif kind == "stitch":
+                self._stitch_returned(what, ref)
+            else:
+                self._prep_returned(what, ref)
+
+    # --- render results ------------------------------------------------------------------------
+
+    def _render_returned(self, slot: GroupSlot, ref: Any) -> None:
+        job = slot.job
+        assert job is not None
+        try:
+            result = ray.get(ref)
+        except Exception as exc:
+            self._group_failed(slot, exc)
+            return
+        job.results[result["rank"]] = result
+        if len(job.results) < len(job.refs):
+            return
+        slot.job = None
+        sid, index = job.task.shot_id, job.task.index
+        st = self.status[sid]
+        st.gpu_seconds += (time.time() - job.started) * len(job.refs)
+        if index not in self.run.committed_segments(sid):  # rank 0 writes it before returning
+            self._record_failure(slot, job, ERROR, "MissingCommit", f"segment {index} returned without a commit record")
+            return
+        self.rendered_segments += 1
+        self.metrics.segment_done()
+        r0 = job.results[0]
+        self._attempt_note(sid, job.attempt, f"segment {index} committed: {r0['clips_rendered']} clips rendered, "
+                                             f"resumed from clip {r0['resumed_from']}, {r0['seconds']:.1f} s")
+        self.run.write_status(sid, st)
+        layout = self.layouts[sid]
+        if not self._terminal(sid) and all(s.index in self.run.committed_segments(sid) for s in layout.segments):
+            self._start_stitch(sid)
+
+    def _group_failed(self, slot: GroupSlot, first: BaseException) -> None:
+        job, group = slot.job, slot.group
+        assert job is not None and group is not None
+        others = [r for r in job.refs if r in self.inflight]
+        errors: list[BaseException] = [first]
+        if others:  # collect the other ranks' outcome briefly: a dead rank explains the rest
+            done, _ = ray.wait(others, num_returns=len(others), timeout=2.0)
+            for r in done:
+                try:
+                    ray.get(r)
+                except Exception as exc:
+                    errors.append(exc)
+        for r in job.refs:
+            self.inflight.pop(r, None)
+        teardown(group)
+        slot.group, slot.job = None, None
+        self.metrics.group_restarted(slot.name)
+        died = [e for e in errors if isinstance(e, ray.exceptions.RayActorError)]
+        if died:
+            kind, exc_type, message = INFRA, "RankDied", f"a rank of group {group.label} died: {_describe(died[0])}"
+        else:
+            app = [e for e in errors if not _looks_collective(e)]
+            chosen = app[0] if app else errors[0]
+            kind = ERROR if app else INFRA
+            exc_type, message = type(_cause(chosen)).__name__, _describe(chosen)
+        if kind == INFRA and self.health.record(group.node_id):
+            log.error("node %s excluded after %d failures", group.node_id, self.health.max_failures)
+        log.warning("group %s failed on %s segment %d: %s", group.label, job.task.shot_id, job.task.index, message)
+        self.status[job.task.shot_id].gpu_seconds += (time.time() - job.started) * len(job.refs)
+        self._record_failure(slot, job, kind, exc_type, message, node=group.node_id, group_label=group.label)
+
+    def _record_failure(self, slot: GroupSlot, job: Job, kind: str, exc_type: str, message: str,
+                        node: str | None = None, group_label: str | None = None) -> None:
+        sid = job.task.shot_id
+        self.metrics.segment_failed()
+        self._attempt_note(sid, job.attempt, f"attempt {job.attempt} failed ({kind}): {message}")
+        failure = Failure(job.attempt, kind, failure_signature(kind, exc_type, message), message, time.time(),
+                          group_label, node)
+        if self._terminal(sid):  # another segment of this shot already failed it
+            self.status[sid].failures.append(failure)
+            self.run.write_status(sid, self.status[sid])
+            return
+        verdict = judge_failure(self.status[sid], failure, self.opts.shot_max_failures)
+        if verdict.retry:
+            self.queue.push(job.task)  # resumes from the segment's last committed clip
+            self.run.write_status(sid, self.status[sid])
+        else:
+            self._fail(sid, verdict.reason)
+
+    # --- stitch and prep -------------------------------------------------------------------------
+
+    def _start_stitch(self, sid: str) -> None:
+        if sid in self.stitching:
+            return
+        self.stitching.add(sid)
+        ref = stitch_remote.remote(str(self.run.path), self.shots[sid], self.layouts[sid].to_dict(),
+                                   self.settings.to_dict(), self.opts.keep_work)
+        self.inflight[ref] = ("stitch", sid)
+
+    def _stitch_returned(self, sid: str, ref: Any) -> None:
+        self.stitching.discard(sid)
+        st = self.status[sid]
+        try:
+            record = ray.get(ref)
+        except Exception as exc:
+            message = f"stitch/publish failed: {_describe(exc)}"
+            log.warning("shot %s: %s", sid, message)
+            failure = Failure(st.attempts, ERROR, failure_signature(ERROR, type(_cause(exc)).__name__, message),
+                              message, time.time())
+            verdict = judge_failure(st, failure, self.opts.shot_max_failures)
+            if verdict.retry:
+                self.run.write_status(sid, st)
+                self._start_stitch(sid)
+            else:
+                self._fail(sid, verdict.reason)
+            return
+        st.state, st.finished_at, st.error = "done", record["published_at"], None
+        self.run.write_status(sid, st)
+        log.info("shot %s published: %s (%d frames, sha256 %s)", sid, record["output"], record["frames"],
+                 record["sha256"][:12])
+
+    def _prep_returned(self, chunk: list[str], ref: Any) -> None:
+        try:
+            outcome = ray.get(ref)
+        except Exception as exc:
+            outcome = {sid: f"preparation failed: {_describe(exc)}" for sid in chunk}
+        for sid, error in outcome.items():
+            if error is None:
+                self.prepared.add(sid)
+            else:
+                self._fail(sid, f"preparation failed: {error}")
+        if not any(k == "prep" for k, _ in self.inflight.values()) and self.prep_actor is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(self.prep_actor)  # frees the text encoder's and wav2vec's memory
+            self.prep_actor = None
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+
+    def _fail(self, sid: str, reason: str) -> None:
+        st = self.status.setdefault(sid, ShotStatus())
+        st.state, st.error, st.finished_at = "failed", reason, time.time()
+        self.queue.drop_shot(sid)
+        self.run.write_status(sid, st)
+        log.error("shot %s failed: %s", sid, reason)
+
+    def _attempt_note(self, sid: str, attempt: int, text: str) -> None:
+        path = self.run.attempt_log(sid, attempt)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} driver: {text}\n")
+
+    def _publish_state(self, force: bool = False) -> None:
+        counts = {state: 0 for state in ("pending", "running", "done", "failed")}
+        for st in self.status.values():
+            counts[st.state if st.state in counts else "pending"] += 1
+        self.metrics.set_shots(counts)
+        self.metrics.set_queue(len(self.queue), sum(1 for s in self.slots if s.group is not None))
+        now = time.time()
+        if force or now - self._results_at >= self.opts.results_interval_s:
+            write_run_results(self.run, [self.shots[s] for s in self.order])
+            self._results_at = now
+
+    def _shutdown(self) -> None:
+        for slot in self.slots:
+            if slot.group is not None:
+                teardown(slot.group)
+                slot.group = None
+        self.executor.shutdown(wait=True, cancel_futures=True)  # lets starts in progress finish...
+        for slot in self.slots:  # ...so that the groups they formed can be torn down too
+            fut, slot.forming = slot.forming, None
+            if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
+                teardown(fut.result())
+        if self.prep_actor is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(self.prep_actor)
+            self.prep_actor = None
+
+
+def _cause(exc: BaseException) -> BaseException:
+    return getattr(exc, "cause", None) or exc
+
+
+def _describe(exc: BaseException) -> str:
+    cause = _cause(exc)
+    lines = [ln for ln in str(cause).strip().splitlines() if ln.strip()]
+    if isinstance(cause, ray.exceptions.RayActorError):
+        return lines[0] if lines else type(cause).__name__
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:2000]
+
+
+def _looks_collective(exc: BaseException) -> bool:
+    cause = _cause(exc)
+    if type(cause).__name__ == "GroupCommError":
+        return True
+    try:
+        import torch.distributed as dist
+
+        if isinstance(cause, dist.DistError):
+            return True
+    except (ImportError, AttributeError):
+        pass
+    text = str(cause).lower()
+    return isinstance(cause, RuntimeError) and any(h in text for h in _COLLECTIVE_HINTS)

@@ -1,0 +1,23 @@
+"""Exit codes of ``s2v run`` (documented in docs/cluster.md; cron wrappers rely on them)."""
+
+from __future__ import annotations
+
+EXIT_OK = 0  # every shot of the manifest is done
+EXIT_INTERNAL = 1  # unexpected internal error (traceback printed)
+EXIT_INVALID = 2  # invalid manifest or command-line usage (message says which row/column/option)
+EXIT_UNREADABLE = 3  # the manifest file cannot be read at all
+EXIT_LEASE_HELD = 4  # another run holds the run directory's lease; nothing was rendered
+EXIT_FINGERPRINT_CHANGED = 5  # manifest/settings/model/code changed; rerun with --restart to start over
+EXIT_FAILED_SHOTS = 6  # the run finished but some shots failed (see results.parquet / s2v status)
+EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM; committed work is kept, a rerun resumes
+
+DESCRIPTIONS: dict[int, str] = {
+    EXIT_OK: "all shots done",
+    EXIT_INTERNAL: "internal error",
+    EXIT_INVALID: "invalid manifest or usage",
+    EXIT_UNREADABLE: "manifest unreadable",
+    EXIT_LEASE_HELD: "another run holds the lease",
+    EXIT_FINGERPRINT_CHANGED: "fingerprint changed (use --restart to start over)",
+    EXIT_FAILED_SHOTS: "finished with failed shots",
+    EXIT_INTERRUPTED: "interrupted; rerun to resume",
+}

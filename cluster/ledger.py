@@ -1,0 +1,202 @@
+"""The run directory: the durable ledger of a run (DESIGN.md "Durable state lives outside Ray").
+
+Layout (every file written by temp + fsync + rename; a reader never sees a partial one)::
+
+    run.json                         run id, fingerprint parts, settings, first/last start
+    manifest.parquet                 the normalised manifest (absolute paths, resolved seeds)
+    lease.lock, lease.json           the lease (cluster.lease)
+    prompts/<sha256>.pt              umT5 embedding of one unique prompt
+    shots/<shot_id>/plan.json        the shot's segment layout
+    shots/<shot_id>/features-<i>.pt  wav2vec features of segment i's audio window
+    shots/<shot_id>/status.json      state, attempts, failures (written by the driver)
+    shots/<shot_id>/published.json   written right after the final MP4 was published
+    segments/<shot_id>/<index>.json  commit record of a finished segment (after its media fsync)
+    work/<shot_id>/segment_NNNN/     a segment's intermediate (render.segment_render: per-clip
+                                     commits); removed once the shot is published
+    logs/<shot_id>/<attempt>.log     one log per attempt; logs/driver.log the driver's own
+    groups/<name>.json               render group formations (node, actor pids)
+    results.parquet                  manifests.results, rewritten as shots finish
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cluster.durable import atomic_write_json, read_json
+from manifests import Shot, write_manifest
+
+RUN_FILE = "run.json"
+MANIFEST_FILE = "manifest.parquet"
+RESULTS_FILE = "results.parquet"
+# Everything a --restart removes (the lease files and logs/ stay; old logs move aside).
+_STATE_DIRS = ("prompts", "shots", "segments", "work", "groups")
+
+SHOT_STATES = ("pending", "running", "done", "failed")
+
+
+@dataclass
+class Failure:
+    attempt: int
+    kind: str  # "error" (raised by the render code) or "infrastructure" (a rank or group died)
+    signature: str  # what "the same way" means: exception type + first line of its message
+    message: str
+    at: float
+    group: str | None = None
+    node: str | None = None
+
+
+@dataclass
+class ShotStatus:
+    state: str = "pending"
+    attempts: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    error: str | None = None  # set when failed
+    started_at: float | None = None
+    finished_at: float | None = None
+    gpu_seconds: float = 0.0  # rank-seconds spent in segment attempts (successful or not)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> ShotStatus:
+        failures = [Failure(**f) for f in d.get("failures", [])]
+        return ShotStatus(d.get("state", "pending"), int(d.get("attempts", 0)), failures, d.get("error"),
+                          d.get("started_at"), d.get("finished_at"), float(d.get("gpu_seconds", 0.0)))
+
+
+def prompt_key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path).absolute()
+
+    # --- paths -------------------------------------------------------------------------------
+
+    @property
+    def run_file(self) -> Path:
+        return self.path / RUN_FILE
+
+    @property
+    def manifest_file(self) -> Path:
+        return self.path / MANIFEST_FILE
+
+    @property
+    def results_file(self) -> Path:
+        return self.path / RESULTS_FILE
+
+    @property
+    def driver_log(self) -> Path:
+        return self.path / "logs" / "driver.log"
+
+    def shot_dir(self, shot_id: str) -> Path:
+        return self.path / "shots" / shot_id
+
+    def plan_file(self, shot_id: str) -> Path:
+        return self.shot_dir(shot_id) / "plan.json"
+
+    def features_file(self, shot_id: str, index: int) -> Path:
+        return self.shot_dir(shot_id) / f"features-{index}.pt"
+
+    def status_file(self, shot_id: str) -> Path:
+        return self.shot_dir(shot_id) / "status.json"
+
+    def published_file(self, shot_id: str) -> Path:
+        return self.shot_dir(shot_id) / "published.json"
+
+    def prompt_file(self, text: str) -> Path:
+        return self.path / "prompts" / f"{prompt_key(text)}.pt"
+
+    def segment_record(self, shot_id: str, index: int) -> Path:
+        return self.path / "segments" / shot_id / f"{index}.json"
+
+    def work_dir(self, shot_id: str) -> Path:
+        return self.path / "work" / shot_id
+
+    def attempt_log(self, shot_id: str, attempt: int) -> Path:
+        return self.path / "logs" / shot_id / f"{attempt}.log"
+
+    def group_record(self, name: str) -> Path:
+        return self.path / "groups" / f"{name}.json"
+
+    # --- run record --------------------------------------------------------------------------
+
+    def read_run(self) -> dict[str, Any] | None:
+        return read_json(self.run_file)
+
+    def write_run(self, record: dict[str, Any]) -> None:
+        atomic_write_json(self.run_file, record)
+
+    def write_manifest(self, shots: Sequence[Shot]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_manifest(list(shots), self.manifest_file)
+
+    def reset(self) -> None:
+        """Start over (``--restart``): drop all state but the lease; keep old logs aside."""
+        for name in _STATE_DIRS:
+            shutil.rmtree(self.path / name, ignore_errors=True)
+        for name in (RUN_FILE, RESULTS_FILE, MANIFEST_FILE):
+            (self.path / name).unlink(missing_ok=True)
+        logs = self.path / "logs"
+        if logs.is_dir() and any(p.name != "previous" for p in logs.iterdir()):
+            aside = logs / "previous" / time.strftime("%Y%m%dT%H%M%S")
+            aside.mkdir(parents=True, exist_ok=True)
+            for p in list(logs.iterdir()):
+                if p.name != "previous":
+                    os.replace(p, aside / p.name)
+
+    # --- per shot ----------------------------------------------------------------------------
+
+    def read_status(self, shot_id: str) -> ShotStatus:
+        raw = read_json(self.status_file(shot_id))
+        return ShotStatus.from_dict(raw) if isinstance(raw, dict) else ShotStatus()
+
+    def write_status(self, shot_id: str, status: ShotStatus) -> None:
+        atomic_write_json(self.status_file(shot_id), status.to_dict())
+
+    def read_plan(self, shot_id: str) -> dict[str, Any] | None:
+        return read_json(self.plan_file(shot_id))
+
+    def write_plan(self, shot_id: str, layout: dict[str, Any]) -> None:
+        atomic_write_json(self.plan_file(shot_id), layout)
+
+    def read_published(self, shot_id: str) -> dict[str, Any] | None:
+        return read_json(self.published_file(shot_id))
+
+    def is_published(self, shot_id: str) -> bool:
+        """Published and the file still there with the recorded size (a file without a record,
+        or a record without its file, is not done)."""
+        rec = self.read_published(shot_id)
+        if not rec:
+            return False
+        try:
+            return os.path.getsize(rec["output"]) == rec["bytes"]
+        except (OSError, KeyError, TypeError):
+            return False
+
+    def committed_segments(self, shot_id: str) -> dict[int, dict[str, Any]]:
+        d = self.path / "segments" / shot_id
+        out: dict[int, dict[str, Any]] = {}
+        if d.is_dir():
+            for p in d.glob("*.json"):
+                if p.stem.isdigit():
+                    rec = read_json(p)
+                    if isinstance(rec, dict):
+                        out[int(p.stem)] = rec
+        return out
+
+    def next_attempt(self, shot_id: str) -> int:
+        """Attempt numbers continue across driver restarts (from the logs that exist)."""
+        d = self.path / "logs" / shot_id
+        used = [int(p.name.split(".")[0]) for p in d.glob("*.log") if p.name.split(".")[0].isdigit()] \
+            if d.is_dir() else []
+        return max(used, default=0) + 1

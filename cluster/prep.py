@@ -1,0 +1,93 @@
+"""Shot preparation outside the render groups: prompt embeddings and audio features.
+
+One ``PrepWorker`` actor (CPU) embeds every unique prompt once (umT5, then released) and
+computes each shot's wav2vec features, writing both into the run directory, in the order the
+scheduler will need them. The render groups never load the text encoder or wav2vec, and this
+work overlaps the groups' sampling.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import torch
+
+from cluster.durable import atomic_write_bytes
+from cluster.ledger import RunDir
+from cluster.settings import RunSettings
+
+log = logging.getLogger(__name__)
+
+
+def save_obj(path: Any, obj: Any) -> None:
+    """torch.save to memory, then an atomic durable write (loaded with weights_only=True)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def shot_prompts(shot: Any) -> list[str]:
+    from render.config import S2V_NEGATIVE_PROMPT
+
+    return [shot.prompt, shot.negative_prompt or S2V_NEGATIVE_PROMPT]
+
+
+class PrepWorker:
+    """Wrapped with ``ray.remote`` by the driver."""
+
+    def __init__(self, run_dir: str, settings: dict[str, Any], cpu_threads: int = 1):
+        torch.set_num_threads(max(1, cpu_threads))
+        self.run = RunDir(run_dir)
+        self.settings = RunSettings.from_dict(settings)
+        self._encoder = None
+        self._pipe = None
+
+    def _text_encoder(self) -> Any:
+        if self._encoder is None:
+            from pathlib import Path
+
+            from render.config import DiTConfig
+            from render.pipeline import T5_FILE, TOKENIZER_DIR
+            from render.text_encoder import load_text_encoder
+
+            ckpt = Path(self.settings.ckpt)
+            text_len = DiTConfig.from_json(ckpt / "config.json").text_len
+            dtype = getattr(torch, self.settings.text_encoder_dtype)
+            self._encoder = load_text_encoder(ckpt / T5_FILE, ckpt / TOKENIZER_DIR, device="cpu", dtype=dtype,
+                                              text_len=text_len)
+        return self._encoder
+
+    def prepare(self, shots: list[Any], layouts: list[dict[str, Any]]) -> dict[str, str | None]:
+        """Embed the shots' missing prompts and compute their missing features.
+
+        Returns {shot_id: None when ready, else the error} so one bad shot fails alone."""
+        from cluster.shot_work import ShotLayout, compute_features
+        from render.pipeline import S2VPipeline
+
+        todo = sorted({p for s in shots for p in shot_prompts(s) if not self.run.prompt_file(p).is_file()})
+        if todo:
+            for text, emb in zip(todo, self._text_encoder().encode(todo)):
+                save_obj(self.run.prompt_file(text), emb.float().cpu().contiguous())
+            log.info("embedded %d prompts", len(todo))
+        outcome: dict[str, str | None] = {}
+        for shot, raw_layout in zip(shots, layouts):
+            layout = ShotLayout.from_dict(raw_layout)
+            try:
+                for seg in layout.segments:
+                    path = self.run.features_file(shot.shot_id, seg.index)
+                    if not path.is_file():
+                        if self._pipe is None:
+                            self._pipe = S2VPipeline(self.settings.ckpt, device="cpu")
+                        save_obj(path, compute_features(self._pipe, shot, layout, seg.index))
+                outcome[shot.shot_id] = None
+            except Exception as exc:  # reported per shot; the others of the chunk go on
+                log.exception("features of shot %s failed", shot.shot_id)
+                outcome[shot.shot_id] = f"{type(exc).__name__}: {exc}"
+        return outcome
+
+    def release_text_encoder(self) -> None:
+        if self._encoder is not None:
+            self._encoder.release()
+            self._encoder = None

@@ -1,0 +1,257 @@
+"""One rank of a render group: a Ray actor holding one GPU (or one CPU slot) and the model.
+
+All ranks of a group run the same code on the same inputs: ``parallel.parallelize_dit`` makes
+the DiT shard its work across the group inside ``prepare``/``denoise``, so every rank ends a
+clip with the same frames; rank 0 alone writes to the run directory. After every clip the ranks
+compare the sha256 of the clip file they wrote over the process group — a consistency check that is also
+the group's liveness check: a collective with a dead peer fails within the group's timeout
+(seconds, not the 30-minute default), the survivors raise, and the driver re-forms the group.
+
+The process group is formed through a ``FileStore`` in the node's temp directory (a group is
+packed on one node), and gloo/NCCL bootstrap on the loopback interface: nothing of a group
+listens on the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class GroupCommError(RuntimeError):
+    """A collective of the render group failed (a peer died, timed out or diverged)."""
+
+
+STORE_PREFIX = "s2v-group-"
+STALE_STORE_S = 24 * 3600
+
+
+def store_path(name: str) -> str:
+    return os.path.join(tempfile.gettempdir(), f"{STORE_PREFIX}{name}.store")
+
+
+def sweep_stale_stores(now: float | None = None) -> int:
+    """Remove store files of groups that were killed (their ranks cannot clean up): a store is
+    written at every rendezvous and sub-group creation, so one untouched for a day is dead."""
+    now = time.time() if now is None else now
+    removed = 0
+    for entry in os.scandir(tempfile.gettempdir()):
+        if entry.name.startswith(STORE_PREFIX) and entry.name.endswith(".store"):
+            try:
+                if now - entry.stat().st_mtime > STALE_STORE_S:
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+class RankWorker:
+    """Wrapped with ``ray.remote`` by ``cluster.group`` (actors must live in a package module)."""
+
+    def __init__(self, run_dir: str, settings: dict[str, Any], run_id: str, group: str, rank: int,
+                 world_size: int, device_kind: str, cpu_threads: int):
+        from cluster.ledger import RunDir
+        from cluster.settings import RunSettings
+
+        self.run = RunDir(run_dir)
+        self.settings = RunSettings.from_dict(settings)
+        self.run_id, self.group, self.rank, self.world = run_id, group, rank, world_size
+        self.device_kind = device_kind
+        self.cpu_threads = cpu_threads
+        self.pipe = None
+        self.parallel_note = "not set up"
+        self._cond_cache: tuple[tuple[str, int], Any] | None = None
+        self._metrics = None
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    # --- formation -----------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return {"pid": os.getpid(), "host": socket.gethostname(), "node_id": ctx.get_node_id(),
+                "rank": self.rank, "actor_id": ctx.get_actor_id()}
+
+    def setup(self, store_name: str, timeout_s: float, parallel: str = "auto") -> dict[str, Any]:
+        """Join the group's process group, load the model, apply ``parallel/`` (when installed)."""
+        import torch.distributed as dist
+
+        # Bootstrap and data connections of gloo and NCCL on loopback (the group is on one node).
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+        if self.device_kind == "cuda":
+            device = torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU
+            torch.cuda.set_device(device)
+            backend = "nccl"
+        else:
+            device = torch.device("cpu")
+            torch.set_num_threads(max(1, self.cpu_threads))
+            backend = "gloo"
+        if self.rank == 0:
+            sweep_stale_stores()
+        store = dist.FileStore(store_path(store_name), self.world)
+        dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world,
+                                timeout=timedelta(seconds=timeout_s))
+        self.device = device
+        from render.pipeline import S2VPipeline
+
+        pipe = S2VPipeline(self.settings.ckpt, device=device)
+        pipe.dit  # noqa: B018  (load now: a start failure must surface while forming the group)
+        pipe.vae  # noqa: B018
+        self.parallel_note = self._parallelize(pipe, parallel)
+        self.pipe = pipe
+        self._barrier()
+        return {**self.info(), "parallel": self.parallel_note, "backend": backend}
+
+    def _parallelize(self, pipe: Any, spec: str) -> str:
+        try:
+            from parallel import ParallelContext, ParallelDims, parallelize_dit
+        except ImportError as exc:
+            if self.world > 1:
+                raise RuntimeError(f"a group of {self.world} ranks needs parallel/ ({exc})") from exc
+            return "single device"
+        if spec == "auto":
+            dims = choose_dims(self.world, pipe.dit.cfg, ParallelDims)
+        else:
+            from cluster.settings import parallel_kwargs
+
+            dims = ParallelDims(**parallel_kwargs(spec, self.world))
+        ctx = ParallelContext.create(dims, group=None, device=self.device)
+        if parallelize_dit(pipe.dit, ctx) is not pipe.dit:  # the contract: in place
+            raise RuntimeError("parallelize_dit returned a new object; the pipeline would keep the old DiT")
+        note = f"parallel {dims.describe()}"
+        log.info("rank %d: %s", self.rank, note)
+        return note
+
+    def _barrier(self) -> None:
+        self._all_equal(torch.zeros(2, dtype=torch.float64))
+
+    def _all_equal(self, value: torch.Tensor) -> None:
+        import torch.distributed as dist
+
+        if self.world == 1:
+            return
+        x = value.to(self.device)
+        gathered = [torch.empty_like(x) for _ in range(self.world)]
+        try:
+            dist.all_gather(gathered, x)
+        except Exception as exc:  # gloo/NCCL raise RuntimeError subclasses with transport details
+            raise GroupCommError(f"rank {self.rank}: group collective failed: {exc}") from exc
+        if any(not torch.equal(g, gathered[0]) for g in gathered):
+            raise GroupCommError(f"rank {self.rank}: ranks of group {self.group} diverged "
+                                 f"(frame checksums {[g.tolist() for g in gathered]})")
+
+    # --- work ----------------------------------------------------------------------------------
+
+    def _conditioning(self, shot: Any, layout: Any, index: int, settings: Any) -> Any:
+        from cluster.prep import shot_prompts
+        from cluster.shot_work import build_conditioning
+
+        key = (shot.shot_id, index)
+        if self._cond_cache is not None and self._cond_cache[0] == key:
+            return self._cond_cache[1]
+        prompt, negative = shot_prompts(shot)
+        ctx = torch.load(self.run.prompt_file(prompt), map_location="cpu", weights_only=True)
+        neg_ctx = torch.load(self.run.prompt_file(negative), map_location="cpu", weights_only=True)
+        features = torch.load(self.run.features_file(shot.shot_id, index), map_location="cpu", weights_only=True)
+        cond = build_conditioning(self.pipe, shot, layout, settings, ctx, neg_ctx, features)
+        self._cond_cache = (key, cond)
+        return cond
+
+    def render(self, task: dict[str, Any]) -> dict[str, Any]:
+        """Render (or resume) one segment; rank 0 commits clips and the segment record."""
+        from cluster.durable import atomic_write_json
+        from cluster.shot_work import ShotLayout, render_segment
+
+        shot, index, attempt = task["shot"], int(task["index"]), int(task["attempt"])
+        layout = ShotLayout.from_dict(task["layout"])
+        handler = self._attach_log(shot.shot_id, attempt) if self.rank == 0 else None
+        t0 = time.time()
+        try:
+            settings = self.settings.render_settings(shot)
+            log.info("rank %d of %s: shot %s segment %d attempt %d (%s)", self.rank, self.group,
+                     shot.shot_id, index, attempt, self.parallel_note)
+            cond = self._conditioning(shot, layout, index, settings)
+            timer = _ClipTimer(self._rank_metrics() if self.rank == 0 else None, settings.steps)
+            frames_per_clip = settings.infer_frames
+
+            def check(digest: bytes) -> None:
+                timer.clip_done(frames_per_clip)
+                self._all_equal(torch.frombuffer(bytearray(digest), dtype=torch.uint8).to(torch.int64))
+
+            work_dir = self.run.work_dir(shot.shot_id)
+            outcome = render_segment(self.pipe, cond, layout, index, settings, work_dir, rank=self.rank,
+                                     check=check, on_step=timer.on_step)
+            if self.rank == 0:
+                atomic_write_json(self.run.segment_record(shot.shot_id, index), {
+                    "shot_id": shot.shot_id, "index": index, "frames": outcome.frames, "attempt": attempt,
+                    "clips": layout.segments[index].num_clips, "clips_rendered": outcome.clips_rendered,
+                    "resumed_from_clip": outcome.resumed_from, "group": self.group, "work_dir": str(work_dir),
+                    "committed_at": time.time(),
+                })
+                log.info("segment %d of %s committed: %d clips rendered, resumed from clip %d, %.1f s",
+                         index, shot.shot_id, outcome.clips_rendered, outcome.resumed_from, outcome.seconds)
+            return {"rank": self.rank, "pid": os.getpid(), "clips_rendered": outcome.clips_rendered,
+                    "resumed_from": outcome.resumed_from, "seconds": time.time() - t0}
+        except BaseException:
+            log.error("rank %d: attempt %d of %s failed:\n%s", self.rank, attempt, shot.shot_id,
+                      traceback.format_exc())
+            raise
+        finally:
+            if handler is not None:
+                logging.getLogger().removeHandler(handler)
+                handler.close()
+
+    def _attach_log(self, shot_id: str, attempt: int) -> logging.Handler:
+        path = self.run.attempt_log(shot_id, attempt)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, mode="a")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+        return handler
+
+    def _rank_metrics(self) -> Any:
+        if self._metrics is None:
+            from cluster.metrics import RankMetrics
+
+            self._metrics = RankMetrics(self.run_id, self.group)
+        return self._metrics
+
+
+class _ClipTimer:
+    """Seconds per sampling step and frames per second of each clip, for the metrics."""
+
+    def __init__(self, metrics: Any, steps: int):
+        self.metrics, self.steps = metrics, steps
+        self.clip_start = time.time()
+        self.last_step = self.clip_start
+
+    def on_step(self, clip: int, step: int, steps: int) -> None:
+        self.last_step = time.time()
+
+    def clip_done(self, frames: int) -> None:
+        now = time.time()
+        if self.metrics is not None:
+            self.metrics.clip_done(self.steps, now - self.clip_start, self.last_step - self.clip_start, frames)
+        self.clip_start = self.last_step = now
+
+
+def choose_dims(world: int, dit_cfg: Any, dims_cls: Any) -> Any:
+    """Parallel dims for a group of ``world`` ranks: Ulysses when the degree divides the heads,
+    else ring (exact for any sequence length). CFG-parallel is not chosen: whether a shot uses
+    guidance is a per-shot setting, while a group's dims are fixed when it forms."""
+    ulysses = world if dit_cfg.num_heads % world == 0 else 1
+    return dims_cls(ulysses=ulysses, ring=world // ulysses, cfg=1)

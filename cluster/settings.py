@@ -1,0 +1,113 @@
+"""Run-level settings: what shapes the frames (fingerprinted) vs how the run is executed (not).
+
+``RunSettings`` + the manifest's per-shot columns fully determine a shot's frames, so both go
+into the run fingerprint. ``EngineOptions`` (group size, timeouts, retry budgets) change how
+work is spread, not what it produces, and may differ between a run and its resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from manifests import Shot
+from render.config import RenderSettings
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    ckpt: str  # checkpoint folder (official layout), absolute
+    crf: int = 18
+    infer_frames: int = 80
+    motion_frames: int = 73
+    fps: int = 16
+    official_frame_drop: bool = False
+    start_from_ref: bool = False
+    cfg_batch: bool = True
+    noise: str = "cpu"
+    run_seed: int = 0  # seeds of shots whose manifest seed is null derive from it
+    text_encoder_dtype: str = "float32"  # umT5 runs once per unique prompt, outside the groups
+    # How shots with segment_mode auto/parallel are split (render.segments).
+    segment_seconds: float = 30.0
+    overlap_seconds: float = 0.5
+    min_parallel_seconds: float = 60.0
+
+    def segment_options(self) -> Any:
+        from cluster.shot_work import SegmentOptions
+
+        return SegmentOptions(self.segment_seconds, self.overlap_seconds, self.min_parallel_seconds)
+
+    def render_settings(self, shot: Shot) -> RenderSettings:
+        s = RenderSettings(
+            size=shot.size, steps=shot.steps, guidance=shot.guidance, shift=shot.shift,
+            sampler=shot.sampler, seed=shot.seed, negative_prompt=shot.negative_prompt,
+            infer_frames=self.infer_frames, motion_frames=self.motion_frames, fps=self.fps,
+            official_frame_drop=self.official_frame_drop, start_from_ref=self.start_from_ref,
+            cfg_batch=self.cfg_batch, noise=self.noise, crf=self.crf,
+        )
+        s.validate()
+        return s
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> RunSettings:
+        known = {f.name for f in fields(RunSettings)}
+        return RunSettings(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    group_size: int = 1  # ranks (GPUs) per render group
+    groups: int = 1  # render groups
+    slot_resource: str | None = None  # Ray resource one rank takes: GPU, render_slot or CPU (None: detect)
+    collective_timeout_s: float = 30.0  # a survivor of a dead rank errors out after this, not 30 min
+    group_start_timeout_s: float = 300.0  # placement + weight load + process group
+    group_start_retries: int = 3  # consecutive failed starts of one group before it is given up
+    node_max_failures: int = 3  # failures (starts or rank deaths) before a node is excluded
+    shot_max_failures: int = 3  # failed attempts of one shot of any kind (besides "same error twice")
+    prep_chunk: int = 8  # shots per audio/prompt preparation call
+    cpu_threads_per_rank: int = 1  # torch threads of a rank on CPU
+    prep_threads: int = 4  # torch threads of the preparation actor (umT5 and wav2vec run on CPU)
+    results_interval_s: float = 30.0  # results.parquet is rewritten at most this often during a run
+    keep_work: bool = False  # keep segment intermediates after a shot is published
+    parallel: str = "auto"  # parallel dims of a group: "auto" or e.g. "ulysses=2,cfg=2,shard_weights=1"
+
+    def validate(self) -> None:
+        problems = []
+        if self.group_size < 1:
+            problems.append(f"--group-size {self.group_size}: expected >= 1")
+        if self.groups < 1:
+            problems.append(f"--groups {self.groups}: expected >= 1")
+        if self.collective_timeout_s <= 0:
+            problems.append(f"--collective-timeout {self.collective_timeout_s}: expected > 0 seconds")
+        if self.group_start_retries < 1 or self.shot_max_failures < 1 or self.node_max_failures < 1:
+            problems.append("retry budgets must be >= 1")
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.parallel != "auto":
+            parallel_kwargs(self.parallel, self.group_size)
+
+
+_PARALLEL_KEYS = {"ulysses": int, "ring": int, "cfg": int, "shard_weights": bool, "attention_engine": str}
+
+
+def parallel_kwargs(spec: str, group_size: int) -> dict[str, Any]:
+    """``"ulysses=2,cfg=2"`` -> ParallelDims keyword arguments, checked against the group size
+    (a group is one model replica: ``replicas`` is the number of groups, not a dims field here)."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in spec.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in _PARALLEL_KEYS:
+            raise ValueError(f"--parallel {spec!r}: {item!r} is not KEY=VALUE with KEY one of "
+                             f"{', '.join(_PARALLEL_KEYS)}")
+        kind = _PARALLEL_KEYS[key]
+        try:
+            out[key] = value in ("1", "true", "yes") if kind is bool else kind(value)
+        except ValueError:
+            raise ValueError(f"--parallel {spec!r}: {key}={value!r} is not a valid {kind.__name__}") from None
+    product = out.get("ulysses", 1) * out.get("ring", 1) * out.get("cfg", 1)
+    if product != group_size:
+        raise ValueError(f"--parallel {spec!r}: ulysses x ring x cfg = {product}, but --group-size is {group_size}")
+    return out

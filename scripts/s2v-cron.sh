@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Cron wrapper for `s2v run`: one line per start and per exit in RUN_DIR/logs/cron.log, the full
+# output of the run appended to the same file, and the run's exit code passed through.
+#
+#   s2v-cron.sh MANIFEST RUN_DIR [more `s2v run` options, e.g. --ckpt DIR --groups 4 --group-size 2]
+#
+# crontab (every 15 minutes; a start while the previous run still holds the lease exits 4 at once):
+#   */15 * * * * /opt/s2v-render/scripts/s2v-cron.sh /data/shots/manifest.parquet /data/runs/nightly --ckpt /models/Wan2.2-S2V-14B --address auto
+#
+# Environment: S2V_BIN (the s2v command; default: .venv/bin/s2v of this checkout).
+# Exit codes (docs/cluster.md): 0 all done, 2 invalid manifest/usage, 3 unreadable manifest,
+# 4 another run holds the lease, 5 fingerprint changed (rerun by hand with --restart),
+# 6 finished with failed shots, 130 interrupted. cron mails what a job prints, so this script
+# prints only for the codes that need a person (not 0, not 4).
+set -u
+
+if [ "$#" -lt 2 ]; then
+    echo "usage: $0 MANIFEST RUN_DIR [s2v run options...]" >&2
+    exit 2
+fi
+manifest=$1
+run_dir=$2
+shift 2
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+s2v="${S2V_BIN:-$repo/.venv/bin/s2v}"
+mkdir -p "$run_dir/logs" || exit 2
+log="$run_dir/logs/cron.log"
+
+echo "$(date '+%Y-%m-%dT%H:%M:%S%z') start pid $$: $manifest" >>"$log"
+# Arguments are passed as an argument vector ("$@"), never through eval or a shell string.
+"$s2v" run "$manifest" --run-dir "$run_dir" "$@" >>"$log" 2>&1
+code=$?
+
+case "$code" in
+    0) what="all shots done" ;;
+    2) what="invalid manifest or usage" ;;
+    3) what="manifest unreadable" ;;
+    4) what="another run holds the lease; nothing rendered" ;;
+    5) what="fingerprint changed: rerun by hand with --restart (re-renders everything) or use a new run dir" ;;
+    6) what="finished with failed shots (s2v status --run-dir $run_dir)" ;;
+    130) what="interrupted; the next start resumes" ;;
+    *) what="internal error" ;;
+esac
+echo "$(date '+%Y-%m-%dT%H:%M:%S%z') exit $code: $what" >>"$log"
+case "$code" in
+    0|4) ;;
+    *) echo "s2v-cron: $run_dir: exit $code ($what); see $log" >&2 ;;
+esac
+exit "$code"

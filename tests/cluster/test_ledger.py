@@ -1,0 +1,292 @@
+"""The run directory without Ray: lease, fingerprint, scheduling policy, exit codes, status."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster import exit_codes as ec
+from cluster.driver import _prepare_run_dir, load_shots, run
+from cluster.fingerprint import changed_parts, compute_fingerprint
+from cluster.lease import LEASE_FILE, Lease, LeaseHeld, read_lease
+from cluster.ledger import Failure, RunDir, ShotStatus
+from cluster.scheduler import (
+    ERROR,
+    INFRA,
+    NodeHealth,
+    SegmentQueue,
+    SegmentTask,
+    failure_signature,
+    judge_failure,
+)
+from cluster.status import collect, format_report
+from cluster.submit import build_entrypoint
+from tests.cluster.helpers import REPO_ROOT, request, shot_rows, write_rows
+
+# --- lease ---------------------------------------------------------------------------------------
+
+
+def test_second_lease_is_refused_and_released_lease_can_be_taken(tmp_path):
+    with Lease(tmp_path, heartbeat_s=0.2) as first:
+        with pytest.raises(LeaseHeld, match=f"pid {os.getpid()}"):
+            Lease(tmp_path).acquire()
+        info = read_lease(tmp_path)
+        assert info.token == first.token and info.host == socket.gethostname()
+        beat = info.heartbeat_at
+        time.sleep(0.6)
+        assert read_lease(tmp_path).heartbeat_at > beat  # the heartbeat thread refreshes it
+    assert not (tmp_path / LEASE_FILE).exists()
+    with Lease(tmp_path):
+        pass
+
+
+def test_lease_of_a_killed_process_is_taken_over(tmp_path):
+    code = (f"import sys, time; sys.path.insert(0, {str(REPO_ROOT)!r}); from cluster.lease import Lease; "
+            f"Lease({str(tmp_path)!r}, heartbeat_s=0.2).acquire(); print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(LeaseHeld):
+            Lease(tmp_path).acquire()
+        proc.kill()  # SIGKILL: no release; the kernel drops the flock, lease.json stays behind
+        proc.wait(timeout=10)
+        assert read_lease(tmp_path).pid == proc.pid
+        with Lease(tmp_path) as lease:
+            assert read_lease(tmp_path).token == lease.token
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _foreign_lease(run_dir: Path, age_s: float) -> None:
+    now = time.time()
+    (run_dir / LEASE_FILE).write_text(json.dumps({
+        "host": "another-host", "pid": 1, "token": "x", "acquired_at": now - age_s, "heartbeat_at": now - age_s,
+        "heartbeat_s": 1.0}))
+
+
+def test_lease_of_another_host_counts_until_its_heartbeat_is_stale(tmp_path):
+    _foreign_lease(tmp_path, age_s=2.0)  # within 6 heartbeats of 1 s
+    with pytest.raises(LeaseHeld, match="another-host"):
+        Lease(tmp_path).acquire()
+    _foreign_lease(tmp_path, age_s=30.0)
+    with Lease(tmp_path) as lease:
+        assert read_lease(tmp_path).token == lease.token
+
+
+def test_lease_notices_a_takeover(tmp_path):
+    lease = Lease(tmp_path, heartbeat_s=0.1).acquire()
+    try:
+        raw = json.loads((tmp_path / LEASE_FILE).read_text())
+        (tmp_path / LEASE_FILE).write_text(json.dumps({**raw, "token": "someone-else"}))
+        assert lease.lost.wait(5.0)
+    finally:
+        lease.release()
+
+
+# --- fingerprint, run directory, exit codes before any rendering ---------------------------------
+
+
+@pytest.fixture
+def small_manifest(tmp_path, tiny_ckpt):
+    rows = shot_rows(tmp_path, [1.0, 1.0], tmp_path / "out")
+    return write_rows(rows, tmp_path / "m.parquet"), rows
+
+
+def test_fingerprint_names_what_changed(tmp_path, tiny_ckpt, small_manifest):
+    manifest, rows = small_manifest
+    req = request(manifest, tmp_path / "run", tiny_ckpt)
+    shots = load_shots(req)
+    base = compute_fingerprint(shots, req.settings)
+    assert changed_parts(base, compute_fingerprint(shots, req.settings)) == []
+    changed = write_rows([{**rows[0], "steps": 2}, rows[1]], tmp_path / "m2.parquet")
+    assert changed_parts(base, compute_fingerprint(load_shots(request(changed, tmp_path / "run", tiny_ckpt)),
+                                                   req.settings)) == ["manifest"]
+    other = request(manifest, tmp_path / "run", tiny_ckpt, settings={"crf": 20}).settings
+    assert changed_parts(base, compute_fingerprint(shots, other)) == ["settings"]
+    copy = shutil.copytree(tiny_ckpt, tmp_path / "ckpt-copy")
+    moved = request(manifest, tmp_path / "run", copy).settings
+    base_copy = compute_fingerprint(shots, moved)
+    os.utime(copy / "config.json", ns=(1, 1))  # e.g. a re-downloaded file
+    assert changed_parts(base_copy, compute_fingerprint(shots, moved)) == ["model"]
+
+
+def test_changed_fingerprint_exits_5_and_touches_nothing(tmp_path, tiny_ckpt, small_manifest, capsys):
+    manifest, rows = small_manifest
+    req = request(manifest, tmp_path / "run", tiny_ckpt)
+    run_id, code = _prepare_run_dir(RunDir(req.run_dir), load_shots(req), req)
+    assert code is None and (tmp_path / "run" / "manifest.parquet").is_file()
+    before = (tmp_path / "run" / "run.json").read_bytes()
+    changed = write_rows([{**rows[0], "prompt": "another prompt"}, rows[1]], tmp_path / "m2.parquet")
+    assert run(request(changed, tmp_path / "run", tiny_ckpt)) == ec.EXIT_FINGERPRINT_CHANGED
+    assert "manifest changed" in capsys.readouterr().err
+    assert (tmp_path / "run" / "run.json").read_bytes() == before
+    assert not (tmp_path / "run" / "lease.json").exists()  # released
+    # --restart starts over: a new run id, the old state gone
+    req2 = request(changed, tmp_path / "run", tiny_ckpt, restart=True)
+    run_id2, code = _prepare_run_dir(RunDir(req2.run_dir), load_shots(req2), req2)
+    assert code is None and run_id2 != run_id
+
+
+def test_invalid_and_unreadable_manifests_exit_2_and_3_with_row_and_column(tmp_path, tiny_ckpt, small_manifest,
+                                                                           capsys):
+    _, rows = small_manifest
+    bad = write_rows([rows[0], {**rows[1], "steps": 0}], tmp_path / "bad.parquet")
+    assert run(request(bad, tmp_path / "run", tiny_ckpt)) == ec.EXIT_INVALID
+    err = capsys.readouterr().err
+    assert "steps" in err and "shot01" in err
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    assert run(request(tmp_path / "junk.parquet", tmp_path / "run", tiny_ckpt)) == ec.EXIT_UNREADABLE
+    assert not (tmp_path / "run").exists()  # nothing is created for a manifest that cannot run
+
+
+def test_held_lease_exits_4_before_touching_the_run_dir(tmp_path, tiny_ckpt, small_manifest):
+    manifest, _ = small_manifest
+    (tmp_path / "run").mkdir()
+    with Lease(tmp_path / "run"):
+        assert run(request(manifest, tmp_path / "run", tiny_ckpt)) == ec.EXIT_LEASE_HELD
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_engine_options_are_checked(tmp_path, tiny_ckpt, small_manifest, capsys):
+    manifest, _ = small_manifest
+    assert run(request(manifest, tmp_path / "run", tiny_ckpt, engine={"group_size": 0})) == ec.EXIT_INVALID
+    assert run(request(manifest, tmp_path / "run", tiny_ckpt, engine={"parallel": "ulysses=4"})) == ec.EXIT_INVALID
+    assert "ulysses x ring x cfg = 4, but --group-size is 2" in capsys.readouterr().err
+    from cluster.settings import parallel_kwargs
+
+    assert parallel_kwargs("ulysses=2, cfg=2,shard_weights=1", 4) == {"ulysses": 2, "cfg": 2, "shard_weights": True}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parallel_kwargs("replicas=2", 2)
+
+
+# --- scheduling policy ---------------------------------------------------------------------------
+
+
+def test_queue_orders_by_priority_then_length_and_skips_unprepared():
+    q = SegmentQueue([
+        SegmentTask.make("short", 0, priority=0, num_frames=10, row=0),
+        SegmentTask.make("long", 0, priority=0, num_frames=99, row=1),
+        SegmentTask.make("urgent", 0, priority=5, num_frames=1, row=2),
+        SegmentTask.make("long", 1, priority=0, num_frames=50, row=1),
+    ])
+    assert q.shot_order() == ["urgent", "long", "short"]
+    assert q.pop_ready(lambda s: s != "urgent").shot_id == "long"  # urgent is not prepared yet
+    assert q.pop_ready(lambda s: True).shot_id == "urgent"
+    q.push(SegmentTask.make("urgent", 1, priority=5, num_frames=1, row=2))  # a requeued segment
+    assert [(t.shot_id, t.index) for t in q] == [("urgent", 1), ("long", 1), ("short", 0)]
+    assert q.drop_shot("long") == 1 and len(q) == 2
+
+
+def _failure(attempt: int, kind: str, message: str) -> Failure:
+    return Failure(attempt, kind, failure_signature(kind, "RuntimeError", message), message, time.time())
+
+
+def test_same_error_twice_fails_the_shot_infrastructure_failures_use_the_budget():
+    st = ShotStatus()
+    assert judge_failure(st, _failure(1, ERROR, "NaN in clip 3 (pid 1234)"), 3).retry
+    verdict = judge_failure(st, _failure(2, ERROR, "NaN in clip 3 (pid 5678)"), 3)  # same, other numbers
+    assert not verdict.retry and "same way twice" in verdict.reason
+    st = ShotStatus()
+    assert judge_failure(st, _failure(1, INFRA, "rank died"), 3).retry
+    assert judge_failure(st, _failure(2, INFRA, "rank died"), 3).retry  # a flaky node is not the shot's fault
+    assert not judge_failure(st, _failure(3, INFRA, "rank died"), 3).retry
+    st = ShotStatus()
+    assert judge_failure(st, _failure(1, ERROR, "a"), 3).retry and judge_failure(st, _failure(2, ERROR, "b"), 3).retry
+
+
+def test_node_is_excluded_after_repeated_failures():
+    health = NodeHealth(max_failures=2)
+    assert not health.record("n1") and health.excluded == set()
+    assert health.record("n1") and health.excluded == {"n1"}
+    assert not health.record(None)
+
+
+# --- status, submit, security --------------------------------------------------------------------
+
+
+def test_status_of_a_fabricated_run(tmp_path, tiny_ckpt, small_manifest):
+    manifest, _ = small_manifest
+    req = request(manifest, tmp_path / "run", tiny_ckpt)
+    rd = RunDir(req.run_dir)
+    _prepare_run_dir(rd, load_shots(req), req)
+    rd.write_status("shot01", ShotStatus(state="failed", attempts=2, error="failed the same way twice: boom"))
+    report = collect(rd.path)
+    assert report.counts == {"pending": 1, "failed": 1} and not report.live
+    text = format_report(report)
+    assert "shot01" in text and "boom" in text and "not running" in text
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        collect(tmp_path / "nothing")
+
+
+def test_submit_entrypoint_quotes_every_argument(tmp_path):
+    odd = tmp_path / "we ird; $(touch x)" / "m.parquet"
+    entry = build_entrypoint(odd, tmp_path / "run dir", ["--ckpt", "/a b/c"], "/usr/bin/python3")
+    argv = shlex.split(entry)
+    assert argv[:5] == ["/usr/bin/python3", "-m", "s2v", "run", str(odd)] and argv[-2:] == ["--ckpt", "/a b/c"]
+
+
+def test_public_binding_requires_token_auth(monkeypatch):
+    from cluster.ray_runtime import RaySecurityError, connect
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("ray already connected in this process")
+    with pytest.raises(RaySecurityError, match="token"):
+        connect("local", bind_public=True)
+    with pytest.raises(RaySecurityError, match="not on loopback"):
+        connect("10.1.2.3:6379")
+
+
+def test_code_part_follows_the_source_unless_pinned(monkeypatch):
+    from cluster.fingerprint import CODE_VERSION_ENV, code_digest
+
+    monkeypatch.setenv(CODE_VERSION_ENV, "v1")
+    v1 = code_digest()
+    monkeypatch.setenv(CODE_VERSION_ENV, "v2")
+    assert code_digest() != v1
+    monkeypatch.delenv(CODE_VERSION_ENV)
+    assert code_digest() == code_digest() != v1
+
+
+def test_cron_wrapper_logs_and_passes_the_lease_exit_code_through(tmp_path, tiny_ckpt, small_manifest):
+    manifest, _ = small_manifest
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    env = {**os.environ, "S2V_BIN": str(Path(sys.executable).parent / "s2v")}
+    script = REPO_ROOT / "scripts" / "s2v-cron.sh"
+    with Lease(run_dir):
+        proc = subprocess.run([str(script), str(manifest), str(run_dir), "--ckpt", str(tiny_ckpt)],
+                              capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == ec.EXIT_LEASE_HELD and proc.stderr == ""  # nothing for cron to mail
+    log = (run_dir / "logs" / "cron.log").read_text()
+    assert "start pid" in log and "leased by another run" in log and "exit 4: another run holds the lease" in log
+    proc = subprocess.run([str(script), str(manifest)], capture_output=True, text=True, env=env, timeout=30)
+    assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+def test_stale_group_stores_are_swept(tmp_path, monkeypatch):
+    import tempfile
+
+    from cluster.rank import STALE_STORE_S, store_path, sweep_stale_stores
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    old, fresh, other = Path(store_path("old")), Path(store_path("fresh")), tmp_path / "unrelated.store"
+    for p in (old, fresh, other):
+        p.write_text("x")
+    past = time.time() - STALE_STORE_S - 10
+    os.utime(old, (past, past))
+    os.utime(other, (past, past))
+    assert sweep_stale_stores() == 1
+    assert not old.exists() and fresh.exists() and other.exists()

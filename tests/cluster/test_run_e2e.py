@@ -1,0 +1,222 @@
+"""End to end on a local Ray: 12 shots on 2 render groups of 2 gloo ranks, results consistent with
+the files, the dashboard's metrics, a rerun that renders nothing, and the Jobs API."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cluster import exit_codes as ec
+from cluster.driver import run
+from cluster.status import collect
+from manifests import derive_seed, read_results
+from render.video_writer import probe_video
+from tests.cluster.helpers import decoded_frames, file_stamps, request, shot_rows, write_rows
+
+pytestmark = pytest.mark.timeout(480)
+
+# 1-2 s shots (1-2 clips of 16 frames), the last one 3.5 s in parallel mode (segments of ~1.5 s).
+SECONDS = [1.0, 1.25, 1.5, 1.75, 2.0, 1.0, 1.25, 1.5, 1.75, 2.0, 1.0, 3.5]
+SEGMENTS = {"segment_seconds": 1.5, "overlap_seconds": 0.25}
+
+
+@pytest.fixture(scope="module")
+def twelve(tmp_path_factory, tiny_ckpt):
+    d = tmp_path_factory.mktemp("twelve")
+    rows = shot_rows(d, SECONDS, d / "out")
+    rows[3]["priority"] = rows[7]["priority"] = 5
+    rows[11]["segment_mode"] = "parallel"
+    rows[5]["seed"] = None  # derived from the run seed and recorded
+    manifest = write_rows(rows, d / "manifest.parquet")
+    return d, manifest, request(manifest, d / "run", tiny_ckpt, settings=SEGMENTS)
+
+
+class MetricsScraper(threading.Thread):
+    """Polls the node's metrics export port during the run; keeps the last value of each s2v series."""
+
+    def __init__(self, port: int):
+        super().__init__(daemon=True)
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.seen: dict[str, float] = {}
+        self.actor_names: set[str] = set()
+        self.stop = threading.Event()
+
+    def scrape(self) -> None:
+        try:
+            text = urllib.request.urlopen(self.url, timeout=5).read().decode()
+        except OSError:
+            return
+        for line in text.splitlines():
+            m = re.match(r"(ray_s2v_\w+)\{(.*)\} ([0-9.eE+-]+)$", line)
+            if m:
+                tags = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+                key = m.group(1) + "".join(f"[{k}={tags[k]}]" for k in ("state", "group") if k in tags)
+                self.seen[key] = float(m.group(3))
+
+    def actors(self) -> None:
+        """Actors as the dashboard lists them (Ray's state API, served by the dashboard)."""
+        from ray.util.state import list_actors
+
+        try:
+            for a in list_actors(filters=[("state", "=", "ALIVE")], raise_on_missing_output=False):
+                if a.name:
+                    self.actor_names.add(a.name)
+        except Exception:  # the state API may be briefly unavailable on a loaded machine
+            pass
+
+    def run(self) -> None:
+        while not self.stop.wait(1.0):
+            self.scrape()
+            self.actors()
+
+
+def test_twelve_shots_on_two_groups_of_two(local_ray, twelve):
+    d, manifest, req = twelve
+    scraper = MetricsScraper(local_ray["metrics_export_port"])
+    scraper.start()
+    t0 = time.time()
+    code = run(req)
+    wall = time.time() - t0
+    # Ray exports metric values every few seconds; keep scraping until the final ones appear.
+    deadline = time.time() + 30
+    while time.time() < deadline and scraper.seen.get("ray_s2v_shots[state=done]") != 12:
+        time.sleep(1.0)
+    scraper.stop.set()
+    scraper.join()
+    print(f"\n12-shot run: {wall:.1f} s wall (2 groups x 2 gloo ranks, tiny model, 64x64, 1 step)")
+    print("metrics seen:", json.dumps(scraper.seen, indent=1, sort_keys=True))
+    (d / "measurements.json").write_text(json.dumps({"wall_s": wall, "metrics": scraper.seen}, indent=1))
+    assert code == ec.EXIT_OK
+
+    # results.parquet: every shot, consistent with the files on disk
+    results = {r.shot_id: r for r in read_results(req.run_dir / "results.parquet")}
+    assert sorted(results) == [f"shot{i:02d}" for i in range(12)]
+    for i, seconds in enumerate(SECONDS):
+        r = results[f"shot{i:02d}"]
+        out = Path(r.output)
+        assert r.status == "done" and r.error is None and r.attempts >= 1
+        assert hashlib.sha256(out.read_bytes()).hexdigest() == r.sha256
+        info = probe_video(out)
+        assert info.frames == r.frames == round(seconds * 16) and info.audio_codec == "aac"
+        assert abs(r.duration_s - seconds) <= 1 / 16
+        assert r.segments_done == r.segments_total and r.finished_at >= r.started_at
+        assert r.resolved_seed == (100 + i if i != 5 else derive_seed(0, "shot05")) and r.gpu_seconds > 0
+    parallel_segments = len(json.loads((req.run_dir / "shots" / "shot11" / "plan.json").read_text())["segments"])
+    assert results["shot11"].segments_total == parallel_segments >= 2  # the parallel-mode shot
+    assert not any(p.name.startswith(".") for p in (d / "out").iterdir())  # no temp files left
+    assert not (d / "pwned").exists() and not (d / "pwned2").exists()  # no manifest value reached a shell
+    assert not (req.run_dir / "work").exists() or not any((req.run_dir / "work").iterdir())  # cleaned
+
+    # both groups rendered, each a real 2-rank process group; attempt logs survive
+    groups = [json.loads(p.read_text()) for p in (req.run_dir / "groups").glob("*.json")]
+    assert sorted(g["group"] for g in groups) == ["g0", "g1"]
+    assert all(len(set(g["pids"])) == 2 and g["backend"] == "gloo" for g in groups)
+    logs = "".join(p.read_text() for p in (req.run_dir / "logs").glob("shot*/*.log"))
+    assert "on group g0." in logs and "on group g1." in logs
+    assert "committed" in logs
+
+    # the dashboard's metrics (Prometheus export of the node)
+    seen = scraper.seen
+    assert seen["ray_s2v_shots[state=done]"] == 12 and seen["ray_s2v_shots[state=failed]"] == 0
+    assert seen["ray_s2v_segments_done_total"] == 11 + parallel_segments
+    assert seen["ray_s2v_queue_depth"] == 0
+    assert any(k.startswith("ray_s2v_seconds_per_step[group=") and v > 0 for k, v in seen.items())
+    assert any(k.startswith("ray_s2v_frames_per_second[group=") and v > 0 for k, v in seen.items())
+
+    # the run's actors as the dashboard shows them: 2 groups x 2 named ranks and the prep actor
+    run_id = json.loads((req.run_dir / "run.json").read_text())["run_id"]
+    print("actors seen:", sorted(scraper.actor_names))
+    assert {f"s2v-{run_id}-g{g}.1-r{r}" for g in (0, 1) for r in (0, 1)} <= scraper.actor_names
+    assert f"s2v-{run_id}-prep" in scraper.actor_names
+
+    report = collect(req.run_dir)
+    assert report.counts == {"done": 12} and not report.live
+
+
+def test_rerun_renders_nothing_and_touches_no_output(twelve):
+    d, manifest, req = twelve
+    outputs = sorted((d / "out").glob("*.mp4"))
+    stamps = file_stamps(outputs)
+    logs_before = sorted(p.name for p in (req.run_dir / "logs").rglob("*.log"))
+    t0 = time.time()
+    assert run(req) == ec.EXIT_OK
+    assert time.time() - t0 < 30  # no Ray start, no model load
+    assert file_stamps(outputs) == stamps
+    assert sorted(p.name for p in (req.run_dir / "logs").rglob("*.log")) == logs_before
+    assert [r.status for r in read_results(req.run_dir / "results.parquet")] == ["done"] * 12
+
+
+def test_submit_through_the_jobs_api(local_ray, tmp_path, tiny_ckpt):
+    from cluster.submit import main_submit
+
+    rows = shot_rows(tmp_path, [1.0, 1.25], tmp_path / "out")
+    manifest = write_rows(rows, tmp_path / "m.parquet")
+    code = main_submit(str(manifest), str(tmp_path / "run"), [
+        "--", "--ckpt", str(tiny_ckpt), "--groups", "1", "--group-size", "2", "--infer-frames", "16",
+        "--motion-frames", "9", "--slot-resource", "render_slot", "--collective-timeout", "10", "--prep-threads", "1",
+    ], f"http://{local_ray['dashboard']}", wait=True, python=None)
+    assert code == ec.EXIT_OK
+    assert [r.status for r in read_results(tmp_path / "run" / "results.parquet")] == ["done", "done"]
+    assert len(decoded_frames(tmp_path / "out" / "shot01.mp4")) == 20
+
+
+def test_shot_failing_the_same_way_twice_is_marked_failed_and_the_run_goes_on(local_ray, tmp_path, tiny_ckpt):
+    from cluster.ledger import RunDir
+
+    rows = shot_rows(tmp_path, [1.0, 1.0], tmp_path / "out")
+    rows[0]["prompt"] = "a prompt whose embedding file is corrupt"
+    manifest = write_rows(rows, tmp_path / "m.parquet")
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.prompt_file(rows[0]["prompt"]).parent.mkdir(parents=True)
+    run_dir.prompt_file(rows[0]["prompt"]).write_bytes(b"garbage")  # every attempt fails the same way
+    req = request(manifest, run_dir.path, tiny_ckpt, engine={"groups": 1, "group_size": 1})
+    assert run(req) == ec.EXIT_FAILED_SHOTS
+    results = {r.shot_id: r for r in read_results(run_dir.results_file)}
+    assert results["shot01"].status == "done"
+    bad = results["shot00"]
+    assert bad.status == "failed" and bad.attempts == 2 and "failed the same way twice" in bad.error
+    assert sorted(p.name for p in (run_dir.path / "logs" / "shot00").glob("*.log")) == ["1.log", "2.log"]
+    assert "Traceback" in (run_dir.path / "logs" / "shot00" / "1.log").read_text()  # the rank's own log
+    assert not Path(rows[0]["output"]).exists()
+    # A rerun does not retry it (exit 6 again, nothing rendered); --retry-failed would.
+    assert run(req) == ec.EXIT_FAILED_SHOTS
+    assert len(list((run_dir.path / "logs" / "shot00").glob("*.log"))) == 2
+
+
+def test_group_start_budget_then_shots_fail_with_the_reason(local_ray, tmp_path, tiny_ckpt):
+    import shutil
+
+    ckpt = shutil.copytree(tiny_ckpt, tmp_path / "ckpt")
+    (ckpt / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")  # the groups cannot load
+    rows = shot_rows(tmp_path, [1.0], tmp_path / "out")
+    req = request(write_rows(rows, tmp_path / "m.parquet"), tmp_path / "run", ckpt,
+                  engine={"groups": 1, "group_size": 1, "group_start_retries": 2, "node_max_failures": 2})
+    t0 = time.time()
+    assert run(req) == ec.EXIT_FAILED_SHOTS
+    assert time.time() - t0 < 120
+    (r,) = read_results(tmp_path / "run" / "results.parquet")
+    assert r.status == "failed" and "no render group could be started" in r.error and "safetensors" in r.error
+
+
+def test_groups_avoid_excluded_nodes(local_ray, tmp_path, tiny_ckpt):
+    import ray
+
+    from cluster.group import GroupSpec, GroupStartError, form_group, teardown
+    from cluster.settings import RunSettings
+
+    spec = GroupSpec(str(tmp_path), "t", RunSettings(ckpt=str(tiny_ckpt)).to_dict(), 1, "render_slot", 10.0, 60.0, 1)
+    node = ray.get_runtime_context().get_node_id()
+    with pytest.raises(GroupStartError, match="no healthy node"):
+        form_group(spec, "gx", 1, excluded={node})
+    group = form_group(spec, "gy", 1, excluded={"a-failed-node"})  # pinned to a healthy node
+    try:
+        assert group.node_id == node and len(group.pids) == 1
+    finally:
+        teardown(group)
