@@ -329,7 +329,7 @@ def compare_with_single(args, world: int, h: int, w: int, out) -> dict:
         return {}
     if not path.exists():
         return {}
-    ref = torch.load(path)
+    ref = torch.load(path, weights_only=True)
     diff = out.float().cpu() - ref
     return dict(max_abs_vs_single=float(diff.abs().max()),
                 rel_l2_vs_single=float(diff.norm() / ref.norm()))

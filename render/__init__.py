@@ -1,4 +1,4 @@
-"""Single-device S2V model and pipeline (no torch.distributed, no Ray in here)."""
+"""Single-device S2V model and pipeline; parallelism lives in parallel/, orchestration in cluster/."""
 
 from .dit import S2VDiT, load_dit
 
