@@ -148,7 +148,12 @@ class ChainRenderer:
         latents = self.sample(shot, audio, pose, motion_latents, with_motion, segment, clip)
 
         if with_motion:
-            video = self.vae.decode(torch.cat([motion_latents[0], latents], dim=1).to(self.vae.dtype))
+            # The official decode re-runs all motion latents only to warm the causal decoder's
+            # caches before the new latents; decode_context_latents=k warms with the last k only
+            # (output-changing option; None keeps the official full context).
+            k = s.decode_context_latents
+            context = motion_latents[0] if k is None else motion_latents[0][:, -k:]
+            video = self.vae.decode(torch.cat([context, latents], dim=1).to(self.vae.dtype))
         else:
             video = self.vae.decode(torch.cat([shot.ref_latents[0].to(dev), latents], dim=1).to(self.vae.dtype))
         video = video[:, -s.infer_frames:].float().cpu()

@@ -143,6 +143,9 @@ class RenderSettings:
     # starts the audio at 0). True reproduces that; the default keeps every frame (zero offset).
     official_frame_drop: bool = False
     start_from_ref: bool = False
+    # Motion latents decoded in front of a clip's new latents to warm the causal VAE decoder:
+    # None = all of them (official, 19); k >= 1 decodes only the last k (faster, changes pixels).
+    decode_context_latents: int | None = None
     cfg_batch: bool = True  # conditional + unconditional as one batch of 2 (same math)
     noise: str = "cpu"  # "cpu": pure function of (seed, segment, clip) on any device;
     # "official-cuda": the official bf16 CUDA generator stream seeded seed + clip
@@ -164,6 +167,8 @@ class RenderSettings:
             problems.append(f"infer_frames={self.infer_frames}: expected a positive multiple of 4")
         if (self.motion_frames - 1) % 4 or self.motion_frames < 1:
             problems.append(f"motion_frames={self.motion_frames}: expected 1 + 4k")
+        if self.decode_context_latents is not None and self.decode_context_latents < 1:
+            problems.append(f"decode_context_latents={self.decode_context_latents}: expected None or >= 1")
         if self.noise not in ("cpu", "official-cuda"):
             problems.append(f"noise={self.noise!r}: expected 'cpu' or 'official-cuda'")
         if not 0 <= self.crf <= 51:

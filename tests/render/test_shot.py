@@ -149,3 +149,23 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys):
     assert "demo video:" in capsys.readouterr().out
     info = probe_video(tmp_path / "demo.mp4")
     assert abs(info.frames - 24) <= 1 and info.audio_codec == "aac"
+
+
+def test_decode_context_option(pipe, demo_media):
+    """Warming the decoder with all motion latents is the official path; fewer is an option."""
+    audio, image = demo_media
+    base = dict(**FAST, infer_frames=16, motion_frames=13)  # 4 motion latents
+    outs = {}
+    for k in (None, 4, 1):
+        s = RenderSettings(**base, decode_context_latents=k)
+        plan, a16 = pipe.plan_shot(audio, image, s)
+        shot = pipe.prepare_shot(plan, a16, image, "a face talks", s)
+        r = pipe.chain_renderer(s, progress=False)
+        st = initial_chain_state(s, shot)
+        _, st = r.render_clip(shot, st)
+        outs[k], _ = r.render_clip(shot, st)  # clip 1 decodes with motion context
+    assert torch.equal(outs[None], outs[4])
+    assert outs[1].shape == outs[None].shape
+    assert not torch.equal(outs[1], outs[None])
+    with pytest.raises(ValueError, match="decode_context_latents=0"):
+        RenderSettings(decode_context_latents=0).validate()
