@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from .config import DiTConfig
+from .dit.init import fill_random_
 from .dit.model import S2VDiT
 from .pipeline import T5_FILE, TOKENIZER_DIR, VAE_FILE, W2V_DIR
 
@@ -30,18 +31,7 @@ def _seeded(seed: int) -> torch.Generator:
 
 def write_tiny_dit(folder: Path, cfg: DiTConfig = TINY_DIT, seed: int = 0) -> None:
     torch.manual_seed(seed)
-    model = S2VDiT(cfg)
-    g = _seeded(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            # Non-zero everywhere (the release zero-initialises some layers) so every path matters.
-            if p.dim() == 1 and "norm" in name:
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            elif p.dim() == 1 or "modulation" in name or "padding_tokens" in name:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            else:
-                fan_in = p[0].numel() if p.dim() > 1 else 1
-                p.copy_(torch.randn(p.shape, generator=g) / fan_in**0.5)
+    model = fill_random_(S2VDiT(cfg), seed)
     (folder / "config.json").write_text(json.dumps(cfg.to_json_dict(), indent=2))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
               folder / "diffusion_pytorch_model.safetensors")

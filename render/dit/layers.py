@@ -129,7 +129,9 @@ class TorchGlue:
 TORCH_GLUE = TorchGlue()
 
 
-class SelfAttention(nn.Module):
+class _QKVOAttention(nn.Module):
+    """q/k/v/o projections with q/k RMSNorm (the official parameter names)."""
+
     def __init__(self, dim: int, num_heads: int, eps: float):
         super().__init__()
         self.num_heads = num_heads
@@ -143,6 +145,9 @@ class SelfAttention(nn.Module):
         self.attn_fn: AttentionFn = attention
         self.glue = TORCH_GLUE
 
+
+class SelfAttention(_QKVOAttention):
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         q = self.glue.rms_norm_rope(linear(self.q, x), self.norm_q, cos, sin, self.num_heads)
@@ -152,20 +157,8 @@ class SelfAttention(nn.Module):
         return linear(self.o, out.flatten(2))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_QKVOAttention):
     """Unmasked cross-attention with q/k RMSNorm (text context, and per-frame audio tokens)."""
-
-    def __init__(self, dim: int, num_heads: int, eps: float):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps)
-        self.norm_k = RMSNorm(dim, eps)
-        self.attn_fn: AttentionFn = attention
-        self.glue = TORCH_GLUE
 
     def project_context(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of the context; constant over a clip, so callers may cache them."""

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from render.config import DiTConfig
+from render.dit.init import fill_random_
 from render.dit.model import S2VDiT
 
 # head_dim 128 as in the 14B model; widths multiples of 16 as fp8 matmuls need.
@@ -20,16 +21,7 @@ SMALL_DIT = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, audio_inj
 def small_dit(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> S2VDiT:
     """A random S2V DiT whose every parameter is non-zero (so every path matters)."""
     torch.manual_seed(seed)
-    model = S2VDiT(SMALL_DIT)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1 and "norm" in name:
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            elif p.dim() == 1 or "modulation" in name or "padding_tokens" in name:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
+    model = fill_random_(S2VDiT(SMALL_DIT), seed)
     return model.to(device=device, dtype=dtype).eval()
 
 
