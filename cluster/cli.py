@@ -25,7 +25,8 @@ def _run(a: argparse.Namespace) -> int:
     )
     engine = EngineOptions(
         group_size=a.group_size, groups=a.groups, slot_resource=a.slot_resource,
-        collective_timeout_s=a.collective_timeout, group_start_timeout_s=a.group_start_timeout,
+        collective_timeout_s=a.collective_timeout, handoff_timeout_s=a.handoff_timeout,
+        group_start_timeout_s=a.group_start_timeout,
         group_start_retries=a.start_retries, node_max_failures=a.node_max_failures,
         shot_max_failures=a.max_failures, cpu_threads_per_rank=a.cpu_threads_per_rank,
         prep_threads=a.prep_threads, keep_work=a.keep_work,
@@ -93,6 +94,9 @@ def register(subparsers: Any) -> None:
                    help="Ray resource one rank takes (GPU, render_slot, CPU; default: detected)")
     p.add_argument("--collective-timeout", type=float, default=30.0,
                    help="seconds before a group collective with a dead peer fails")
+    p.add_argument("--handoff-timeout", type=float, default=600.0,
+                   help="seconds the other ranks of a group wait for the writer rank's VAE decode/encode and "
+                        "file writes of one clip (or one segment's conditioning)")
     p.add_argument("--group-start-timeout", type=float, default=300.0)
     p.add_argument("--start-retries", type=int, default=3, help="failed starts of a group before it is given up")
     p.add_argument("--node-max-failures", type=int, default=3, help="failures before a node is excluded")

@@ -81,7 +81,7 @@ class RunEngine:
         self.stop = stop or Event()
         self.spec = GroupSpec(str(run.path), run_id, settings.to_dict(), engine.group_size, slot_resource,
                               engine.collective_timeout_s, engine.group_start_timeout_s, engine.cpu_threads_per_rank,
-                              engine.parallel)
+                              engine.parallel, engine.handoff_timeout_s)
         self.layouts: dict[str, ShotLayout] = {}
         self.status: dict[str, ShotStatus] = {}
         self.queue = SegmentQueue()

@@ -47,6 +47,7 @@ class GroupSpec:
     start_timeout_s: float
     cpu_threads: int
     parallel: str = "auto"
+    handoff_timeout_s: float = 600.0  # the writer's hand-off group (parallel.chain_sync)
 
 
 @dataclass
@@ -134,8 +135,8 @@ def form_group(spec: GroupSpec, name: str, generation: int, excluded: set[str]) 
             ).remote(spec.run_dir, spec.settings, spec.run_id, name, rank, spec.size, device_kind,
                      spec.cpu_threads))
         store = f"{spec.run_id}-{label}-{secrets.token_hex(4)}"
-        infos = ray.get([a.setup.remote(store, spec.collective_timeout_s, spec.parallel) for a in actors],
-                        timeout=spec.start_timeout_s)
+        infos = ray.get([a.setup.remote(store, spec.collective_timeout_s, spec.parallel, spec.handoff_timeout_s)
+                         for a in actors], timeout=spec.start_timeout_s)
     except Exception as exc:
         _kill(actors, pg)
         if isinstance(exc, ray.exceptions.GetTimeoutError):

@@ -1,11 +1,15 @@
 """One rank of a render group: a Ray actor holding one GPU (or one CPU slot) and the model.
 
-All ranks of a group run the same code on the same inputs: ``parallel.parallelize_dit`` makes
-the DiT shard its work across the group inside ``prepare``/``denoise``, so every rank ends a
-clip with the same frames; rank 0 alone writes to the run directory. After every clip the ranks
-compare the sha256 of the clip file they wrote over the process group — a consistency check that is also
-the group's liveness check: a collective with a dead peer fails within the group's timeout
-(seconds, not the 30-minute default), the survivors raise, and the driver re-forms the group.
+All ranks of a group run the same DiT calls: ``parallel.parallelize_dit`` makes the DiT shard
+its work across the group inside ``prepare``/``denoise``, so every rank ends a clip with the same
+sampled latents. Rank 0 is the writer: it alone loads the VAE, builds the conditioning
+(reference latent, pose latents; it reads the prepared prompt and feature files), decodes each
+clip, re-encodes the motion frames and writes to the run directory; the others receive what
+they need through ``parallel.GroupChainSync`` (a gloo hand-off group with its own, longer
+timeout, since they wait there while the writer decodes and writes). After every clip the ranks
+compare a hash of their sampled latents — a consistency check that is also the group's liveness
+check: a collective with a dead peer fails within the group's timeout (seconds, not the
+30-minute default), the survivors raise, and the driver re-forms the group.
 
 The process group is formed through a ``FileStore`` in the node's temp directory (a group is
 packed on one node), and gloo/NCCL bootstrap on the loopback interface: nothing of a group
@@ -73,6 +77,7 @@ class RankWorker:
         self.pipe = None
         self.parallel_note = "not set up"
         self._cond_cache: tuple[tuple[str, int], Any] | None = None
+        self.sync: Any = None  # parallel.GroupChainSync of a group of > 1 ranks
         self._metrics = None
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -85,8 +90,10 @@ class RankWorker:
         return {"pid": os.getpid(), "host": socket.gethostname(), "node_id": ctx.get_node_id(),
                 "rank": self.rank, "actor_id": ctx.get_actor_id()}
 
-    def setup(self, store_name: str, timeout_s: float, parallel: str = "auto") -> dict[str, Any]:
-        """Join the group's process group, load the model, apply ``parallel/`` (when installed)."""
+    def setup(self, store_name: str, timeout_s: float, parallel: str = "auto",
+              handoff_timeout_s: float = 600.0) -> dict[str, Any]:
+        """Join the group's process group, load the model, apply ``parallel/`` (when installed),
+        form the writer's hand-off group (``handoff_timeout_s``)."""
         import torch.distributed as dist
 
         # Bootstrap and data connections of gloo and NCCL on loopback (the group is on one node).
@@ -110,8 +117,14 @@ class RankWorker:
 
         pipe = S2VPipeline(self.settings.ckpt, device=device)
         pipe.dit  # noqa: B018  (load now: a start failure must surface while forming the group)
-        pipe.vae  # noqa: B018
+        if self.rank == 0:  # the writer alone runs the VAE; the other ranks never load it
+            pipe.vae  # noqa: B018
         self.parallel_note = self._parallelize(pipe, parallel)
+        if self.world > 1:
+            from parallel import GroupChainSync
+
+            # After the parallel context's groups: every rank creates groups in the same order.
+            self.sync = GroupChainSync.create(writer=0, timeout_s=handoff_timeout_s, backend="gloo")
         self.pipe = pipe
         self._barrier()
         return {**self.info(), "parallel": self.parallel_note, "backend": backend}
@@ -158,16 +171,23 @@ class RankWorker:
 
     def _conditioning(self, shot: Any, layout: Any, index: int, settings: Any) -> Any:
         from cluster.prep import shot_prompts
-        from cluster.shot_work import build_conditioning
+        from cluster.shot_work import build_conditioning, group_conditioning
 
+        # Every rank gets the same tasks in the same order, so the caches hit or miss together
+        # (a miss on one rank only would leave the others waiting in the broadcast).
         key = (shot.shot_id, index)
         if self._cond_cache is not None and self._cond_cache[0] == key:
             return self._cond_cache[1]
-        prompt, negative = shot_prompts(shot)
-        ctx = torch.load(self.run.prompt_file(prompt), map_location="cpu", weights_only=True)
-        neg_ctx = torch.load(self.run.prompt_file(negative), map_location="cpu", weights_only=True)
-        features = torch.load(self.run.features_file(shot.shot_id, index), map_location="cpu", weights_only=True)
-        cond = build_conditioning(self.pipe, shot, layout, settings, ctx, neg_ctx, features)
+
+        def make() -> Any:  # the writer only (or a group of one)
+            prompt, negative = shot_prompts(shot)
+            ctx = torch.load(self.run.prompt_file(prompt), map_location="cpu", weights_only=True)
+            neg_ctx = torch.load(self.run.prompt_file(negative), map_location="cpu", weights_only=True)
+            features = torch.load(self.run.features_file(shot.shot_id, index), map_location="cpu",
+                                  weights_only=True)
+            return build_conditioning(self.pipe, shot, layout, settings, ctx, neg_ctx, features)
+
+        cond = group_conditioning(self.sync, make)
         self._cond_cache = (key, cond)
         return cond
 
@@ -184,17 +204,20 @@ class RankWorker:
             settings = self.settings.render_settings(shot)
             log.info("rank %d of %s: shot %s segment %d attempt %d (%s)", self.rank, self.group,
                      shot.shot_id, index, attempt, self.parallel_note)
-            cond = self._conditioning(shot, layout, index, settings)
             timer = _ClipTimer(self._rank_metrics() if self.rank == 0 else None, settings.steps)
-            frames_per_clip = settings.infer_frames
-
-            def check(digest: bytes) -> None:
-                timer.clip_done(frames_per_clip)
-                self._all_equal(torch.frombuffer(bytearray(digest), dtype=torch.uint8).to(torch.int64))
-
             work_dir = self.run.work_dir(shot.shot_id)
-            outcome = render_segment(self.pipe, cond, layout, index, settings, work_dir, rank=self.rank,
-                                     check=check, on_step=timer.on_step)
+            try:
+                cond = self._conditioning(shot, layout, index, settings)
+                outcome = render_segment(self.pipe, cond, layout, index, settings, work_dir, sync=self.sync,
+                                         on_clip=lambda clip: timer.clip_done(settings.infer_frames),
+                                         on_step=timer.on_step)
+            except Exception as exc:
+                if self.sync is not None:
+                    from parallel import ChainSyncError
+
+                    if isinstance(exc, ChainSyncError):  # a dead, hung or diverged peer: the group's failure
+                        raise GroupCommError(f"rank {self.rank} of group {self.group}: {exc}") from exc
+                raise
             if self.rank == 0:
                 atomic_write_json(self.run.segment_record(shot.shot_id, index), {
                     "shot_id": shot.shot_id, "index": index, "frames": outcome.frames, "attempt": attempt,

@@ -63,6 +63,9 @@ class EngineOptions:
     groups: int = 1  # render groups
     slot_resource: str | None = None  # Ray resource one rank takes: GPU, render_slot or CPU (None: detect)
     collective_timeout_s: float = 30.0  # a survivor of a dead rank errors out after this, not 30 min
+    # The other ranks wait this long for the writer rank's VAE work and file writes of one clip
+    # (or one segment's conditioning) in the hand-off group; a dead writer still fails at once.
+    handoff_timeout_s: float = 600.0
     group_start_timeout_s: float = 300.0  # placement + weight load + process group
     group_start_retries: int = 3  # consecutive failed starts of one group before it is given up
     node_max_failures: int = 3  # failures (starts or rank deaths) before a node is excluded
@@ -82,6 +85,8 @@ class EngineOptions:
             problems.append(f"--groups {self.groups}: expected >= 1")
         if self.collective_timeout_s <= 0:
             problems.append(f"--collective-timeout {self.collective_timeout_s}: expected > 0 seconds")
+        if self.handoff_timeout_s <= 0:
+            problems.append(f"--handoff-timeout {self.handoff_timeout_s}: expected > 0 seconds")
         if self.group_start_retries < 1 or self.shot_max_failures < 1 or self.node_max_failures < 1:
             problems.append("retry budgets must be >= 1")
         if problems:

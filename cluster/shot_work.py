@@ -6,19 +6,17 @@ functions below; the work itself is render/'s segment API (issue 5): ``render.se
 (planning), ``render.segment_render`` (one segment, committed clip by clip, resumable with
 identical frames) and ``render.stitch`` (blend, mux, verify, publish).
 
-Group ranks: every rank of a render group must make the same model calls, but
-``render_segment`` also writes the segment's files. Rank 0 renders into the run's work
-directory; the other ranks render into a private folder beside it that starts as a hard-linked
-copy of rank 0's committed state (writes there are temp + rename, so the shared files are never
-modified), so all ranks resume at the same clip.
+Group ranks: every rank of a render group makes the same model calls through the group's
+``ChainSync`` (``parallel.chain_sync``). The writer (rank 0) alone runs the VAE (reference and
+pose latents, decode, motion re-encode) and reads and writes the run's work directory; it
+broadcasts the conditioning, where a segment resumes, and each clip's motion latents. The
+other ranks run only the DiT, and after every clip all ranks agree on a hash of the latents
+they sampled (a diverged rank fails the segment before the clip is written).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,13 +26,13 @@ from typing import Any
 import torch
 
 from manifests import Shot
-from render.clip_loop import ShotConditioning, StepCallback
+from render.clip_loop import ChainSync, ShotConditioning, StepCallback, share_conditioning
 from render.config import RenderSettings
-from render.segment_render import clip_file, feature_window, read_record, segment_dir
+from render.segment_render import feature_window, read_record, segment_dir
 from render.segment_render import render_segment as render_segment_files
 from render.segments import PLANNER_SAMPLE_RATE, SegmentPlan, plan_shot_audio
 
-ClipCheck = Callable[[bytes], None]  # every rank, after each clip: the clip file's sha256
+ClipDone = Callable[[int], None]  # every rank, after each clip: the clip's index
 
 
 @dataclass(frozen=True)
@@ -112,7 +110,7 @@ def build_conditioning(pipe: Any, shot: Shot, layout: ShotLayout, settings: Rend
                        prompt_context: torch.Tensor, negative_context: torch.Tensor,
                        features: dict[str, Any]) -> ShotConditioning:
     """A segment's conditioning from embeddings and features computed elsewhere; only the
-    reference latent (and pose latents) need the group's VAE."""
+    reference latent (and pose latents) need the VAE: the writer's (see ``group_conditioning``)."""
     from render.image_io import load_reference_image
 
     ref = load_reference_image(shot.image, layout.height, layout.width)
@@ -147,18 +145,42 @@ def segment_finished(work_dir: Path, index: int) -> bool:
         return False
 
 
-def _mirror(src: Path, dst: Path) -> None:
-    """dst := a hard-linked copy of src's files (a plain copy where links are not possible)."""
-    shutil.rmtree(dst, ignore_errors=True)
-    dst.mkdir(parents=True)
-    if not src.is_dir():
-        return
-    for p in src.iterdir():
-        if p.is_file() and not p.name.startswith("."):
-            try:
-                os.link(p, dst / p.name)
-            except OSError:
-                shutil.copy2(p, dst / p.name)
+def group_conditioning(sync: ChainSync | None, make: Callable[[], ShotConditioning]) -> ShotConditioning:
+    """``make()`` on the writer (a single rank: on it), its result on every rank of the group.
+
+    ``make`` reads the prepared files and runs the VAE; the other ranks wait for the broadcast
+    instead (``render.clip_loop.share_conditioning``), so they never load the VAE or read inputs.
+    """
+    if sync is None:
+        return make()
+    return share_conditioning(sync, make() if sync.is_writer else None)
+
+
+def render_segment(pipe: Any, cond: ShotConditioning, layout: ShotLayout, index: int, settings: RenderSettings,
+                   work_dir: Path, *, sync: ChainSync | None = None, on_clip: ClipDone | None = None,
+                   on_step: StepCallback | None = None) -> SegmentOutcome:
+    """Render (or resume) segment ``index`` into ``work_dir``.
+
+    In a group every rank calls this with the group's ``sync``: the writer renders, writes and
+    commits, the others sample the same clips and write nothing (``render.segment_render``).
+    ``on_clip`` runs on every rank after every clip; ``SegmentOutcome.frames`` is the writer's.
+    """
+    t0 = time.time()
+    seen: list[int] = []
+
+    def clip_done(seg: int, clip: int, clips: int) -> None:
+        seen.append(clip)
+        if on_clip is not None:
+            on_clip(clip)
+
+    renderer = pipe.chain_renderer(settings, on_step=on_step, progress=False, sync=sync)
+    seg_dir = render_segment_files(renderer, cond, layout.plan, index, settings, Path(work_dir), on_clip=clip_done)
+    record = (read_record(seg_dir) if seg_dir is not None else None) or {}
+    first = seen[0] if seen else layout.segments[index].num_clips
+    return SegmentOutcome(len(seen), first, int(record.get("frames", 0)), time.time() - t0)
+
+
+# --- stitch and publish ---------------------------------------------------------------------------
 
 
 def _sha256(path: Path) -> bytes:
@@ -167,39 +189,6 @@ def _sha256(path: Path) -> bytes:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.digest()
-
-
-def render_segment(pipe: Any, cond: ShotConditioning, layout: ShotLayout, index: int, settings: RenderSettings,
-                   work_dir: Path, *, rank: int, check: ClipCheck | None = None,
-                   on_step: StepCallback | None = None) -> SegmentOutcome:
-    """Render (or resume) segment ``index`` into ``work_dir`` (rank 0) or a rank-private mirror
-    of it (other ranks). ``check`` runs on every rank after every clip with the clip's sha256."""
-    t0 = time.time()
-    work_dir = Path(work_dir)
-    # Private per rank *and* segment: two groups may render two segments of one shot at once.
-    target = work_dir if rank == 0 else work_dir / f".rank{rank}-segment{index}"
-    if rank:
-        _mirror(segment_dir(work_dir, index), segment_dir(target, index))
-    seen: list[int] = []
-
-    def on_clip(seg: int, clip: int, clips: int) -> None:
-        seen.append(clip)
-        if check is not None:
-            check(_sha256(clip_file(segment_dir(target, seg), clip)))
-
-    renderer = pipe.chain_renderer(settings, on_step=on_step, progress=False)
-    try:
-        seg_dir = render_segment_files(renderer, cond, layout.plan, index, settings, target, on_clip=on_clip)
-        record = read_record(seg_dir) or {}
-    finally:
-        if rank:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(target)
-    first = seen[0] if seen else layout.segments[index].num_clips
-    return SegmentOutcome(len(seen), first, int(record.get("frames", 0)), time.time() - t0)
-
-
-# --- stitch and publish ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from render.config import CheckpointError
+
+if TYPE_CHECKING:
+    from render.audio_logmel import LogMelFeatures
 
 # Rates fixed by the official pipeline.
 W2V_SAMPLE_RATE = 16000
@@ -178,7 +182,7 @@ def _as_mono_numpy(samples: np.ndarray | torch.Tensor) -> np.ndarray:
 
 def load_wav2vec2(
     folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> Wav2Vec2Features:
+) -> Wav2Vec2Features | LogMelFeatures:
     """Load ``Wav2Vec2ForCTC`` + ``Wav2Vec2FeatureExtractor`` from a local folder (no downloads).
 
     The official checkpoint keeps it in ``<ckpt_dir>/wav2vec2-large-xlsr-53-english/`` and runs
@@ -186,7 +190,12 @@ def load_wav2vec2(
     """
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
 
+    from render.audio_logmel import is_logmel_folder, load_logmel
+
     folder = Path(folder)
+    if folder.is_dir() and is_logmel_folder(folder):
+        # A tiny trained model's log-mel front end in the audio encoder's slot (render/audio_logmel.py).
+        return load_logmel(folder, device, dtype)
     if not folder.is_dir():
         raise CheckpointError(
             f"wav2vec2 folder {str(folder)!r} does not exist; expected the checkpoint's "
@@ -264,6 +273,17 @@ def bucket_features(feats: torch.Tensor, infer_frames: int = 80, fps: int = 16) 
     return out.permute(0, 2, 1).unsqueeze(0).contiguous(), repeat
 
 
+def frame_features(encoder, samples_16k: np.ndarray | torch.Tensor, num_video_frames: int,
+                   fps: int = 16) -> torch.Tensor:
+    """[1, L, C, num_video_frames] features per video frame (zeros past the end of the audio), from
+    a wav2vec2 or log-mel ``encoder``: the conditioning the DiT's audio encoder reads."""
+    feats = encoder.features_30fps(samples_16k)  # [L, A, C]
+    idx = torch.from_numpy(bucket_indices(feats.shape[1], num_video_frames, fps))
+    padded = torch.cat([feats, feats.new_zeros(feats.shape[0], 1, feats.shape[2])], dim=1)
+    idx = torch.where(idx < feats.shape[1], idx, torch.full_like(idx, feats.shape[1]))
+    return padded[:, idx].permute(0, 2, 1)[None].contiguous()
+
+
 __all__ = [
     "AUDIO_FPS",
     "W2V_SAMPLE_RATE",
@@ -271,6 +291,7 @@ __all__ = [
     "bucket_features",
     "bucket_indices",
     "conv_output_length",
+    "frame_features",
     "interpolate_to_30fps",
     "load_wav2vec2",
     "num_repeats",

@@ -4,14 +4,22 @@ A *chain* is a run of consecutive clips in which each clip is conditioned on the
 ``motion_frames`` decoded pixel frames of the one before. Everything a chain needs to continue
 after a clip is in :class:`ChainState`, so a segment can be persisted after any finished clip and
 resumed later with identical results.
+
+Render groups (several ranks running one sequence-parallel DiT) pass a :class:`ChainSync`: one
+rank, the writer, runs the VAE (decode, motion re-encode) and produces the frames; the others
+only sample, and receive the motion latents from the writer when a clip needs them. This module
+stays single-device code: the hook's implementation (torch.distributed) is
+``parallel.chain_sync.GroupChainSync``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from tqdm import tqdm
@@ -24,6 +32,63 @@ from .vae import WanVAE
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int, int], None]  # (clip index, step index, steps)
+
+
+@runtime_checkable
+class ChainSync(Protocol):
+    """How the ranks of a render group share the work that only one of them does.
+
+    ``is_writer``: this rank runs the VAE, reads inputs and writes files; exactly one rank of a
+    group is the writer. Every rank must make the same calls in the same order (they are
+    collectives).
+    """
+
+    is_writer: bool
+
+    def share(self, t: torch.Tensor | None, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """The writer's ``t`` (exactly ``shape`` and ``dtype``) on every rank, as a CPU tensor;
+        the other ranks pass None."""
+        ...
+
+    def agree(self, t: torch.Tensor, what: str) -> None:
+        """Return only if every rank passed an identical ``t``; raise naming the ranks that differ."""
+        ...
+
+
+# dtypes a shared tensor may have; its header carries the index into this tuple.
+_SHARE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+                 torch.int16, torch.int8, torch.uint8, torch.bool)
+_SHARE_MAX_DIMS = 8
+
+
+def share_tensor(sync: ChainSync, t: torch.Tensor | None) -> torch.Tensor | None:
+    """The writer's ``t`` (any shape and dtype of ``_SHARE_DTYPES``, or None) on every rank (CPU).
+
+    The other ranks do not know the shape in advance: a fixed-size header (present, dtype,
+    ndim, sizes) goes first, then the bytes. Non-writers' ``t`` is ignored.
+    """
+    header = None
+    if sync.is_writer:
+        header = torch.zeros(3 + _SHARE_MAX_DIMS, dtype=torch.int64)
+        if t is not None:
+            if t.dim() > _SHARE_MAX_DIMS or t.dtype not in _SHARE_DTYPES:
+                raise ValueError(f"cannot share a {t.dtype} tensor of {t.dim()} dims")
+            header[:3] = torch.tensor([1, _SHARE_DTYPES.index(t.dtype), t.dim()])
+            header[3:3 + t.dim()] = torch.tensor(t.shape, dtype=torch.int64)
+    header = sync.share(header, (3 + _SHARE_MAX_DIMS,), torch.int64)
+    present, code, ndim = (int(v) for v in header[:3])
+    if not present:
+        return None
+    shape = tuple(int(v) for v in header[3:3 + ndim])
+    dtype = _SHARE_DTYPES[code]
+    nbytes = math.prod(shape) * dtype.itemsize
+    if sync.is_writer:
+        if nbytes:  # bytes travel as uint8: every backend supports it, bfloat16 included
+            sync.share(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8), (nbytes,), torch.uint8)
+        return t
+    if not nbytes:
+        return torch.empty(shape, dtype=dtype)
+    return sync.share(None, (nbytes,), torch.uint8).view(dtype).reshape(shape)
 
 
 @dataclass
@@ -47,18 +112,45 @@ class ShotConditioning:
         return self.height // 8, self.width // 8
 
 
+_CONDITIONING_TENSORS = ("prompt_context", "negative_context", "ref_latents", "ref_pixels", "audio_frames",
+                         "pose_latents")
+
+
+def share_conditioning(sync: ChainSync, shot: ShotConditioning | None) -> ShotConditioning:
+    """The writer's conditioning on every rank (the others pass None).
+
+    Everything is made once, by the writer, and broadcast: the reference latent and pose
+    latents need the VAE, the prompt embeddings the text encoder (or a file), the audio
+    features wav2vec2 (or a file). A broadcast of these is tens of MB once per segment, and it
+    keeps ranks > 0 free of the VAE, the encoders and every input file; nothing is recomputed
+    per rank.
+    """
+    w = sync.is_writer
+    ints = share_tensor(sync, torch.tensor([shot.height, shot.width, shot.audio_start_frame]) if w else None)
+    got = {name: share_tensor(sync, getattr(shot, name) if w else None) for name in _CONDITIONING_TENSORS}
+    if w:
+        return shot
+    height, width, audio_start = (int(v) for v in ints)
+    return ShotConditioning(**got, height=height, width=width, audio_start_frame=audio_start)
+
+
 @dataclass
 class ChainState:
     """What the next clip of a chain needs: its index and the motion pixel buffer."""
 
     next_clip: int
-    motion_pixels: torch.Tensor  # [3, motion_frames, H, W] float32 in [-1, 1], CPU
+    # [3, motion_frames, H, W] float32 in [-1, 1], CPU. None on the non-writer ranks of a render
+    # group: they never decode, and get the motion latents from the writer (ChainSync).
+    motion_pixels: torch.Tensor | None
     # VAE encoding of motion_pixels, filled lazily (the next clip needs it; persisting a small
     # latent instead of 73 float frames keeps segment checkpoints small).
     motion_latents: torch.Tensor | None = None
 
     def ensure_motion_latents(self, vae: WanVAE) -> torch.Tensor:
         if self.motion_latents is None:
+            if self.motion_pixels is None:
+                raise ValueError("this chain state holds no motion pixels (a non-writer rank of a render "
+                                 "group): its motion latents come from the writer rank")
             pix = self.motion_pixels.to(vae.device, vae.dtype)
             self.motion_latents = vae.encode(pix)[None].float().cpu()
         return self.motion_latents
@@ -97,15 +189,41 @@ def initial_chain_state(settings: RenderSettings, shot: ShotConditioning, first_
 
 
 class ChainRenderer:
-    """Renders the clips of a chain on one device with a loaded DiT and VAE."""
+    """Renders the clips of a chain on one device with a loaded DiT and VAE.
 
-    def __init__(self, dit: S2VDiT, vae: WanVAE, settings: RenderSettings, device: torch.device | str,
-                 on_step: StepCallback | None = None, progress: bool = True):
+    ``sync``: the render group's hook (None on a single device). With it, only the writer rank
+    needs ``vae``; the others pass None, sample the same clips and return no frames.
+    """
+
+    def __init__(self, dit: S2VDiT, vae: WanVAE | None, settings: RenderSettings, device: torch.device | str,
+                 on_step: StepCallback | None = None, progress: bool = True, sync: ChainSync | None = None):
         settings.validate()
+        self.sync = sync
+        self.is_writer = sync is None or sync.is_writer
+        if self.is_writer and vae is None:
+            raise ValueError("the VAE is needed on a single device and on the writer rank of a render group")
         self.dit, self.vae, self.s = dit, vae, settings
         self.device = torch.device(device)
         self.on_step = on_step
         self.progress = progress
+
+    def initial_state(self, shot: ShotConditioning, first_clip: int = 0) -> ChainState:
+        """``initial_chain_state`` on the writer; a state without pixels on the other ranks."""
+        if self.is_writer:
+            return initial_chain_state(self.s, shot, first_clip)
+        return ChainState(first_clip, None)
+
+    def motion_latents(self, state: ChainState) -> torch.Tensor:
+        """The motion latents of ``state`` (CPU). In a group the writer encodes them (when the
+        state does not hold them yet) and broadcasts them, at the moment a clip needs them: the
+        others then wait in the hand-off rather than in a DiT collective while the writer
+        decodes, writes and commits the previous clip, and no rank encodes after a chain's last
+        clip. Non-writers keep them in ``state`` too."""
+        if self.sync is None:
+            return state.ensure_motion_latents(self.vae)
+        mine = state.ensure_motion_latents(self.vae) if self.is_writer else None
+        state.motion_latents = share_tensor(self.sync, mine)
+        return state.motion_latents
 
     def clip_uses_motion(self, clip: int, segment: int = 0) -> bool:
         # The official pipeline drops motion tokens for the very first clip of a shot. The first
@@ -120,8 +238,9 @@ class ChainRenderer:
 
     @torch.inference_mode()
     def render_clip(self, shot: ShotConditioning, state: ChainState, segment: int = 0,
-                    audio_offset: int | None = None) -> tuple[torch.Tensor, ChainState]:
+                    audio_offset: int | None = None) -> tuple[torch.Tensor | None, ChainState]:
         """Render clip ``state.next_clip``; returns (frames [3, n, H, W] float32 CPU, next state).
+        A non-writer rank of a group returns (None, a next state without pixels or latents).
 
         audio_offset: first video frame of this clip in ``shot.audio_frames`` (default: clip *
         infer_frames, i.e. a chain that starts at the beginning of the shot's audio).
@@ -143,9 +262,17 @@ class ChainRenderer:
         with_motion = self.clip_uses_motion(clip, segment)
         motion_latents = None
         if with_motion:
-            motion_latents = state.ensure_motion_latents(self.vae).to(dev)
+            motion_latents = self.motion_latents(state).to(dev)
 
         latents = self.sample(shot, audio, pose, motion_latents, with_motion, segment, clip)
+        if self.sync is not None:
+            # Every rank sampled from the same inputs and the same noise, so the latents are
+            # bit-identical; a rank that computed anything else (a fault, other weights, a
+            # corrupted hand-off) is caught here, before anything of this clip is decoded or
+            # written. The collective is also the group's per-clip liveness check.
+            self.sync.agree(latents, f"segment {segment} clip {clip}: sampled latents")
+            if not self.is_writer:
+                return None, ChainState(clip + 1, None)
 
         if with_motion:
             # The official decode re-runs all motion latents only to warm the causal decoder's

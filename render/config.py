@@ -12,6 +12,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+# Files of the official Wan2.2-S2V-14B checkpoint folder besides the DiT's.
+VAE_FILE = "Wan2.1_VAE.pth"
+T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
+TOKENIZER_DIR = "google/umt5-xxl"
+W2V_DIR = "wav2vec2-large-xlsr-53-english"
+
 
 class CheckpointError(ValueError):
     """A checkpoint folder or file is missing, incomplete or inconsistent (message says which)."""

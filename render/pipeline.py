@@ -19,10 +19,18 @@ import torch
 
 from kernels.select import optimize_dit
 
-from .audio_features import bucket_indices, load_wav2vec2
+from .audio_features import frame_features, load_wav2vec2
 from .audio_io import DecodedAudio, decode_audio
-from .clip_loop import ChainRenderer, ShotConditioning, StepCallback
-from .config import S2V_NEGATIVE_PROMPT, CheckpointError, RenderSettings
+from .clip_loop import ChainRenderer, ChainSync, ShotConditioning, StepCallback
+from .config import (
+    S2V_NEGATIVE_PROMPT,
+    T5_FILE,
+    TOKENIZER_DIR,
+    VAE_FILE,
+    W2V_DIR,
+    CheckpointError,
+    RenderSettings,
+)
 from .dit import load_dit
 from .image_io import image_size, load_reference_image
 from .pose import pose_latents
@@ -32,10 +40,8 @@ from .vae import load_vae
 
 log = logging.getLogger(__name__)
 
-VAE_FILE = "Wan2.1_VAE.pth"
-T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
-TOKENIZER_DIR = "google/umt5-xxl"
-W2V_DIR = "wav2vec2-large-xlsr-53-english"
+# File names of the official folder (defined in render/config.py, which needs no media libraries).
+__all__ = ["T5_FILE", "TOKENIZER_DIR", "VAE_FILE", "W2V_DIR", "S2VPipeline", "ShotPlan", "check_checkpoint_folder"]
 
 
 def check_checkpoint_folder(ckpt_dir: str | Path) -> Path:
@@ -137,11 +143,7 @@ class S2VPipeline:
 
     def audio_frames(self, audio: DecodedAudio, num_video_frames: int, fps: int) -> torch.Tensor:
         """[1, 25, C, num_video_frames] wav2vec features per video frame (zeros past the end)."""
-        feats = self.wav2vec.features_30fps(audio.samples)  # [25, A, C]
-        idx = torch.from_numpy(bucket_indices(feats.shape[1], num_video_frames, fps))
-        padded = torch.cat([feats, feats.new_zeros(feats.shape[0], 1, feats.shape[2])], dim=1)
-        idx = torch.where(idx < feats.shape[1], idx, torch.full_like(idx, feats.shape[1]))
-        return padded[:, idx].permute(0, 2, 1)[None].contiguous()
+        return frame_features(self.wav2vec, audio.samples, num_video_frames, fps)
 
     def plan_shot(self, audio_path: str | Path, image_path: str | Path,
                   settings: RenderSettings) -> tuple[ShotPlan, DecodedAudio]:
@@ -165,5 +167,7 @@ class S2VPipeline:
         return ShotConditioning(ctx, neg_ctx, ref_lat, ref, frames, plan.height, plan.width, pose)
 
     def chain_renderer(self, settings: RenderSettings, on_step: StepCallback | None = None,
-                       progress: bool = True) -> ChainRenderer:
-        return ChainRenderer(self.dit, self.vae, settings, self.device, on_step=on_step, progress=progress)
+                       progress: bool = True, sync: ChainSync | None = None) -> ChainRenderer:
+        """``sync``: a render group's hook; the VAE is then loaded on its writer rank only."""
+        vae = self.vae if sync is None or sync.is_writer else None
+        return ChainRenderer(self.dit, vae, settings, self.device, on_step=on_step, progress=progress, sync=sync)

@@ -15,6 +15,9 @@ last clip whose state was committed, and because a clip's noise is a pure functi
 seed, segment index, clip index) and the persisted state is exactly what the chain carries, the
 resumed frames are identical to an uninterrupted run's.
 
+In a render group only the writer rank (``ChainSync.is_writer``) touches the folder; the other
+ranks run the DiT for the same clips, starting at the clip the writer resumes at.
+
 Segment 0 is the official chain. A later segment has no previous clip: its first clip is
 conditioned like the official clip 0 (reference image only, no motion frames) on the audio at
 its own position, and the stitcher crossfades the overlap with the previous segment.
@@ -22,6 +25,7 @@ its own position, and the stitcher crossfades the overlap with the previous segm
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -245,12 +249,17 @@ def _as_renderer(pipe_or_renderer, settings: RenderSettings) -> ChainRenderer:
 
 def render_segment(pipe_or_renderer, shot: ShotConditioning, plan: SegmentPlan, index: int,
                    settings: RenderSettings, work_dir: str | Path, on_clip: OnClip | None = None, *,
-                   restart: bool = False, intermediate_crf: int = INTERMEDIATE_CRF) -> Path:
+                   restart: bool = False, intermediate_crf: int = INTERMEDIATE_CRF) -> Path | None:
     """Render (or resume, or find finished) segment ``index``; returns its folder once committed.
 
     ``shot``: conditioning whose audio covers the segment (``segment_conditioning``, or a whole
     shot's from ``S2VPipeline.prepare_shot``). State from different inputs raises
     SegmentStateError unless ``restart``, which discards it.
+
+    In a render group (a renderer with a ``ChainSync``) every rank calls this with the same
+    arguments. The writer alone reads and writes the folder; it tells the others the clip the
+    segment resumes at, and they sample the same clips, write nothing and return None.
+    ``on_clip`` runs on every rank after each clip (on the writer once the clip is committed).
     """
     settings.validate()
     if not 0 <= index < len(plan.segments):
@@ -261,32 +270,35 @@ def render_segment(pipe_or_renderer, shot: ShotConditioning, plan: SegmentPlan, 
     if shot.pose_latents is not None and len(plan.segments) > 1:
         raise ValueError("pose conditioning is only supported for one-segment (sequential) shots")
     seg = plan.segments[index]
-    seg_dir = segment_dir(work_dir, index)
-    seg_dir.mkdir(parents=True, exist_ok=True)
-    from .stitch import sweep_dead_temps
-
-    sweep_dead_temps(seg_dir)  # half-written clip/state files of a killed earlier attempt
-    fingerprint = segment_fingerprint(plan, index, settings, shot, intermediate_crf)
-    record = read_record(seg_dir)
-    if record is not None:
-        if record["fingerprint"] == fingerprint and all(clip_file(seg_dir, c["clip"]).is_file()
-                                                        for c in record["clips"]):
-            return seg_dir
-        if not restart:
-            raise SegmentStateError(f"{seg_dir / RECORD_FILE}: finished segment was rendered from different "
-                                    "inputs; pass restart=True (CLI: delete the work folder) to render it again")
-    if restart and record is not None:
-        shutil.rmtree(seg_dir)
-        seg_dir.mkdir(parents=True)
+    sync = getattr(pipe_or_renderer, "sync", None)  # only a group's ChainRenderer has one
+    if sync is not None and not sync.is_writer:
+        renderer = pipe_or_renderer
+        start = int(sync.share(None, (1,), torch.int64))
+        if start < 0:
+            raise SegmentStateError(f"segment {index}: the writer rank could not open the segment (see its log)")
+        state = renderer.initial_state(shot, start)
+        for c in range(start, seg.num_clips):
+            _, state = renderer.render_clip(shot, state, segment=index,
+                                            audio_offset=seg.clip_audio_offset(c, settings.infer_frames))
+            if on_clip is not None:
+                on_clip(index, c, seg.num_clips)
+        return None
+    try:
+        opened = _open_segment(shot, plan, index, settings, work_dir, restart, intermediate_crf)
+    except BaseException:
+        if sync is not None:  # release the other ranks, which wait for the resume point
+            with contextlib.suppress(Exception):  # (the writer's own error is the one to report)
+                sync.share(torch.tensor([-1]), (1,), torch.int64)
+        raise
+    seg_dir, fingerprint, state, meta = opened
+    if sync is not None:
+        # The resume point is the writer's: the others start there with no state of their own;
+        # the motion latents follow when the first clip needs them (ChainRenderer.motion_latents).
+        sync.share(torch.tensor([seg.num_clips if state is None else state.next_clip]), (1,), torch.int64)
+    if state is None:  # finished earlier
+        return seg_dir
     renderer = _as_renderer(pipe_or_renderer, settings)
     t0 = time.time()
-    loaded = _load_state(seg_dir, fingerprint, settings, shot, restart)
-    if loaded is None:
-        state = initial_chain_state(settings, shot)
-        meta = {"fingerprint": fingerprint, "clips": [], "written": 0, "wall_s": 0.0}
-    else:
-        state, meta = loaded
-        log.info("segment %d: resuming at clip %d of %d", index, state.next_clip, seg.num_clips)
     tail_frames = max(0, settings.motion_frames - settings.infer_frames)
     for c in range(state.next_clip, seg.num_clips):
         offset = seg.clip_audio_offset(c, settings.infer_frames)
@@ -318,6 +330,37 @@ def render_segment(pipe_or_renderer, shot: ShotConditioning, plan: SegmentPlan, 
     _write_durably(seg_dir / RECORD_FILE, lambda tmp: tmp.write_text(json.dumps(rec, indent=1)))
     (seg_dir / STATE_FILE).unlink(missing_ok=True)
     return seg_dir
+
+
+def _open_segment(shot: ShotConditioning, plan: SegmentPlan, index: int, settings: RenderSettings,
+                  work_dir: str | Path, restart: bool, intermediate_crf: int
+                  ) -> tuple[Path, str, ChainState | None, dict]:
+    """(folder, fingerprint, state to continue from or None when finished, progress so far)."""
+    seg = plan.segments[index]
+    seg_dir = segment_dir(work_dir, index)
+    seg_dir.mkdir(parents=True, exist_ok=True)
+    from .stitch import sweep_dead_temps
+
+    sweep_dead_temps(seg_dir)  # half-written clip/state files of a killed earlier attempt
+    fingerprint = segment_fingerprint(plan, index, settings, shot, intermediate_crf)
+    record = read_record(seg_dir)
+    if record is not None:
+        if record["fingerprint"] == fingerprint and all(clip_file(seg_dir, c["clip"]).is_file()
+                                                        for c in record["clips"]):
+            return seg_dir, fingerprint, None, {}
+        if not restart:
+            raise SegmentStateError(f"{seg_dir / RECORD_FILE}: finished segment was rendered from different "
+                                    "inputs; pass restart=True (CLI: delete the work folder) to render it again")
+    if restart and record is not None:
+        shutil.rmtree(seg_dir)
+        seg_dir.mkdir(parents=True)
+    loaded = _load_state(seg_dir, fingerprint, settings, shot, restart)
+    if loaded is None:
+        return seg_dir, fingerprint, initial_chain_state(settings, shot), {
+            "fingerprint": fingerprint, "clips": [], "written": 0, "wall_s": 0.0}
+    state, meta = loaded
+    log.info("segment %d: resuming at clip %d of %d", index, state.next_clip, seg.num_clips)
+    return seg_dir, fingerprint, state, meta
 
 
 def stitch_shot(plan: SegmentPlan, segment_paths, audio_path, out_path, settings=None, **kw):

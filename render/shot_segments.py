@@ -16,9 +16,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
-from .clip_loop import StepCallback
+from .clip_loop import ChainSync, StepCallback, share_conditioning, share_tensor
 from .config import RenderSettings
 from .segments import (
     DEFAULT_MIN_PARALLEL_SECONDS,
@@ -73,10 +74,13 @@ def default_work_dir(out_path: Path) -> Path:
 def render_shot_segments(pipe, audio_path: str | Path, image_path: str | Path, prompt: str,
                          out_path: str | Path, settings: RenderSettings, options: SegmentOptions,
                          on_step: StepCallback | None = None, progress: bool = True,
-                         pose_video: str | Path | None = None):
+                         pose_video: str | Path | None = None, sync: ChainSync | None = None):
     """Plan, render every segment (resuming committed work), stitch and publish; returns ShotResult.
 
     A pose video keeps the shot one segment (pose conditioning follows the official clip grid).
+    ``sync``: in a render group every rank calls this with the same arguments; the writer rank
+    plans, prepares each segment's conditioning, writes and publishes, the others receive the
+    plan and the conditioning, sample the same clips and return None.
     """
     from .seams import decoded_frames, seam_report
     from .segment_render import render_segment, segment_conditioning
@@ -86,38 +90,51 @@ def render_shot_segments(pipe, audio_path: str | Path, image_path: str | Path, p
     t0 = time.time()
     settings.validate()
     out_path = Path(out_path)
-    if not out_path.parent.is_dir():
+    writer = sync is None or sync.is_writer
+    if writer and not out_path.parent.is_dir():
         raise FileNotFoundError(f"output directory {str(out_path.parent)!r} does not exist")
     mode = options.mode
     if pose_video is not None:
         options.check_pose()
         mode = "sequential"
-    plan = plan_shot_audio(audio_path, settings, mode, options.target_seconds, options.overlap_seconds,
-                           options.min_parallel_seconds)
-    log.info("shot %s: %s, %d segment(s), %d clips, %d frames", out_path.name, plan.mode, len(plan.segments),
-             plan.num_clips, plan.total_frames)
+    plan = None
+    if writer:
+        plan = plan_shot_audio(audio_path, settings, mode, options.target_seconds, options.overlap_seconds,
+                               options.min_parallel_seconds)
+        log.info("shot %s: %s, %d segment(s), %d clips, %d frames", out_path.name, plan.mode,
+                 len(plan.segments), plan.num_clips, plan.total_frames)
+    if sync is not None:  # the others take the writer's plan (planning reads the whole audio)
+        text = share_tensor(sync, torch.frombuffer(bytearray(plan.to_json().encode()), dtype=torch.uint8)
+                            if writer else None)
+        plan = SegmentPlan.from_json(text.numpy().tobytes().decode())
     if len(plan.segments) == 1 and options.plain_encode():
         return render_shot(pipe, audio_path, image_path, prompt, out_path, settings, on_step=on_step,
-                           progress=progress, pose_video=pose_video)
+                           progress=progress, pose_video=pose_video, sync=sync)
     work = options.work_dir or default_work_dir(out_path)
-    work.mkdir(parents=True, exist_ok=True)
-    _write_plan(work, plan)
-    renderer = pipe.chain_renderer(settings, on_step=on_step, progress=False)
-    bar = tqdm(total=plan.num_clips, desc=out_path.name, unit="clip", disable=not progress)
+    if writer:
+        work.mkdir(parents=True, exist_ok=True)
+        _write_plan(work, plan)
+    renderer = pipe.chain_renderer(settings, on_step=on_step, progress=False, sync=sync)
+    bar = tqdm(total=plan.num_clips, desc=out_path.name, unit="clip", disable=not progress or not writer)
     paths = []
     shot = None
     for spec in plan.segments:
-        shot = segment_conditioning(pipe, plan, spec.index, audio_path, image_path, prompt, settings)
-        if pose_video is not None:
-            from .pose import pose_latents
+        if writer:
+            shot = segment_conditioning(pipe, plan, spec.index, audio_path, image_path, prompt, settings)
+            if pose_video is not None:
+                from .pose import pose_latents
 
-            shot.pose_latents = pose_latents(pipe.vae, pose_video, shot.height, shot.width, spec.num_clips,
-                                             settings.infer_frames, settings.fps)
+                shot.pose_latents = pose_latents(pipe.vae, pose_video, shot.height, shot.width,
+                                                 spec.num_clips, settings.infer_frames, settings.fps)
+        if sync is not None:
+            shot = share_conditioning(sync, shot)
         paths.append(render_segment(renderer, shot, plan, spec.index, settings, work,
                                     on_clip=lambda i, c, n: bar.update(1)))
         bar.n = sum(s.num_clips for s in plan.segments[: spec.index + 1])
         bar.refresh()
     bar.close()
+    if not writer:
+        return None
     result = stitch_shot(plan, paths, audio_path, out_path, settings, codec=options.codec,
                          output_fps=options.output_fps, colour_match=options.colour_match)
     if options.qa_report is not None:

@@ -67,19 +67,21 @@ def modulate_segments(
     variant 1 for the rest (reference and motion tokens, modulated with t = 0).
     """
     y = layer_norm(x, eps)
-    seg = _segment_index(x.shape[1], n_first, x.device)
-    return y * (1 + scale[:, seg]) + shift[:, seg]
+    length = x.shape[1]
+    return y * (1 + _per_token(scale, length, n_first)) + _per_token(shift, length, n_first)
 
 
 def gate_segments(x: torch.Tensor, n_first: int, gate: torch.Tensor) -> torch.Tensor:
-    seg = _segment_index(x.shape[1], n_first, x.device)
-    return x.float() * gate[:, seg]
+    return x.float() * _per_token(gate, x.shape[1], n_first)
 
 
-def _segment_index(length: int, n_first: int, device: torch.device) -> torch.Tensor:
-    idx = torch.ones(length, dtype=torch.long, device=device)
-    idx[: max(0, min(n_first, length))] = 0
-    return idx
+def _per_token(v: torch.Tensor, length: int, n_first: int) -> torch.Tensor:
+    """[B, 2, D] -> [B, length, D]: variant 0 for the first n_first tokens, variant 1 after.
+
+    Built from two broadcast views rather than an index gather: same values, and its gradient
+    (training the tiny model) is a cheap sum instead of a scatter-add."""
+    n = max(0, min(n_first, length))
+    return torch.cat([v[:, :1].expand(-1, n, -1), v[:, 1:2].expand(-1, length - n, -1)], dim=1)
 
 
 class TorchGlue:

@@ -162,6 +162,8 @@ def test_engine_options_are_checked(tmp_path, tiny_ckpt, small_manifest, capsys)
     assert run(request(manifest, tmp_path / "run", tiny_ckpt, engine={"group_size": 0})) == ec.EXIT_INVALID
     assert run(request(manifest, tmp_path / "run", tiny_ckpt, engine={"parallel": "ulysses=4"})) == ec.EXIT_INVALID
     assert "ulysses x ring x cfg = 4, but --group-size is 2" in capsys.readouterr().err
+    assert run(request(manifest, tmp_path / "run", tiny_ckpt, engine={"handoff_timeout_s": 0})) == ec.EXIT_INVALID
+    assert "--handoff-timeout 0: expected > 0 seconds" in capsys.readouterr().err
     from cluster.settings import parallel_kwargs
 
     assert parallel_kwargs("ulysses=2, cfg=2,shard_weights=1", 4) == {"ulysses": 2, "cfg": 2, "shard_weights": True}

@@ -127,7 +127,8 @@ def fail_on_rank(rank: int, world: int, bad_rank: int) -> None:
 CLIP_SETTINGS = dict(size="64*64", steps=2, infer_frames=16, motion_frames=9, seed=7)
 
 
-def render_clips(ckpt: str, audio: str, image: str, dims_kw: dict | None, clips: int = 2):
+def render_clips(ckpt: str, audio: str, image: str, dims_kw: dict | None, clips: int = 2,
+                 settings_kw: dict | None = None):
     """Frames [3, n, H, W] (numpy) of the first ``clips`` clips of a shot, single-device when
     ``dims_kw`` is None, else with the DiT parallelized over the current process group."""
     from render.clip_loop import initial_chain_state
@@ -135,7 +136,7 @@ def render_clips(ckpt: str, audio: str, image: str, dims_kw: dict | None, clips:
     from render.pipeline import S2VPipeline
 
     pipe = S2VPipeline(ckpt, device="cpu")
-    s = RenderSettings(**CLIP_SETTINGS)
+    s = RenderSettings(**{**CLIP_SETTINGS, **(settings_kw or {})})
     plan, decoded = pipe.plan_shot(audio, image, s)
     shot = pipe.prepare_shot(plan, decoded, image, "a face talks", s)
     if dims_kw is not None:
@@ -151,3 +152,147 @@ def render_clips(ckpt: str, audio: str, image: str, dims_kw: dict | None, clips:
 
 def render_clips_worker(rank: int, world: int, ckpt: str, audio: str, image: str, dims_kw: dict):
     return render_clips(ckpt, audio, image, dims_kw)
+
+
+# --- the render group's hand-off (parallel.chain_sync) --------------------------------------------
+
+
+def _forbid_vae_and_writes() -> None:
+    """On a non-writer rank: loading the VAE or writing any segment file raises."""
+    import render.pipeline
+    import render.segment_render
+
+    def forbidden(*a, **k):
+        raise AssertionError("a non-writer rank tried to load the VAE or write a file")
+
+    render.pipeline.load_vae = forbidden
+    for name in ("_write_clip", "_write_durably", "_save_state"):
+        setattr(render.segment_render, name, forbidden)
+
+
+def _group(rank: int, ckpt: str, dims_kw: dict):
+    """(pipe, sync) of a group rank: hand-off group first, then the DiT's groups (same order on
+    every rank), the DiT parallelized; ranks > 0 may not touch the VAE or write."""
+    from parallel import GroupChainSync
+    from render.pipeline import S2VPipeline
+
+    sync = GroupChainSync.create(writer=0, timeout_s=60)
+    if rank:
+        _forbid_vae_and_writes()
+    pipe = S2VPipeline(ckpt, device="cpu")
+    parallelize_dit(pipe.dit, ParallelContext.create(ParallelDims(**dims_kw)))
+    return pipe, sync
+
+
+def group_clips_worker(rank: int, world: int, ckpt: str, audio: str, image: str, dims_kw: dict,
+                       settings_kw: dict, clips: int):
+    """The first ``clips`` clips with the hook: (frames or None, VAE loaded?, VAE calls by kind)."""
+    from render.clip_loop import share_conditioning
+    from render.config import RenderSettings
+
+    pipe, sync = _group(rank, ckpt, dims_kw)
+    s = RenderSettings(**{**CLIP_SETTINGS, **settings_kw})
+    shot = None
+    if sync.is_writer:
+        plan, decoded = pipe.plan_shot(audio, image, s)
+        shot = pipe.prepare_shot(plan, decoded, image, "a face talks", s)
+    shot = share_conditioning(sync, shot)
+    renderer = pipe.chain_renderer(s, progress=False, sync=sync)
+    calls = {"encode": 0, "decode": 0}
+    if renderer.vae is not None:
+        for kind in calls:
+            original = getattr(renderer.vae, kind)
+
+            def counted(*a, _kind=kind, _f=original, **k):
+                calls[_kind] += 1
+                return _f(*a, **k)
+
+            setattr(renderer.vae, kind, counted)
+    state = renderer.initial_state(shot)
+    frames = []
+    for _ in range(clips):
+        video, state = renderer.render_clip(shot, state)
+        frames.append(video)
+    out = None if frames[0] is None else torch.cat(frames, dim=1).numpy()
+    assert all((f is None) == (out is None) for f in frames)
+    return out, pipe._vae is not None, calls, state.motion_pixels is None
+
+
+def group_resume_worker(rank: int, world: int, ckpt: str, audio: str, image: str, work: str, settings_kw: dict):
+    """A shot in 2 parallel segments on the group, twice: uninterrupted, and interrupted after
+    segment 0's clip 0 was committed, then resumed by ``render_shot_segments``. Returns the clips
+    each rank sampled in the resumed run and (writer) the decoded frames of both outputs."""
+    from pathlib import Path
+
+    from render.clip_loop import ChainRenderer, share_conditioning
+    from render.config import RenderSettings
+    from render.segment_render import render_segment, segment_conditioning
+    from render.segments import plan_shot_audio
+    from render.shot_segments import SegmentOptions, render_shot_segments
+
+    pipe, sync = _group(rank, ckpt, dict(ulysses=2))
+    s = RenderSettings(**{**CLIP_SETTINGS, **settings_kw})
+    work = Path(work)
+    opts = dict(mode="parallel", target_seconds=1.5, overlap_seconds=0.25, keep_work=True)
+    whole = render_shot_segments(pipe, audio, image, "a face talks", work / "a.mp4", s,
+                                 SegmentOptions(**opts, work_dir=work / "wa"), progress=False, sync=sync)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop(seg, clip, clips):
+        raise Interrupted
+
+    plan = plan_shot_audio(audio, s, "parallel", 1.5, 0.25)  # as render_shot_segments plans it
+    shot = segment_conditioning(pipe, plan, 0, audio, image, "a face talks", s) if sync.is_writer else None
+    shot = share_conditioning(sync, shot)
+    try:  # every rank stops after clip 0 (a group torn down after the writer committed it)
+        render_segment(pipe.chain_renderer(s, progress=False, sync=sync), shot, plan, 0, s, work / "wb",
+                       on_clip=stop)
+    except Interrupted:
+        pass
+    sampled = []
+    original = ChainRenderer.render_clip
+
+    def recording(self, shot, state, segment=0, audio_offset=None):
+        sampled.append((segment, state.next_clip))
+        return original(self, shot, state, segment, audio_offset)
+
+    ChainRenderer.render_clip = recording
+    try:
+        resumed = render_shot_segments(pipe, audio, image, "a face talks", work / "b.mp4", s,
+                                       SegmentOptions(**opts, work_dir=work / "wb"), progress=False, sync=sync)
+    finally:
+        ChainRenderer.render_clip = original
+    # The one-chain path (render_shot) in the group as well: the writer publishes, the others return None.
+    from render.shot import render_shot
+
+    chain = render_shot(pipe, audio, image, "a face talks", work / "c.mp4", s, progress=False, sync=sync)
+    result = {"sampled": sampled, "vae_loaded": pipe._vae is not None, "returned": resumed is not None,
+              "chain": None if chain is None else chain.frames}
+    if sync.is_writer:
+        from render.segment_render import read_record, segment_dir, segment_frames_digest
+
+        assert whole is not None and resumed is not None and whole.frames == resumed.frames
+        result["frames"] = resumed.frames
+        # The segments' clip files (what resume is about); the stitched MP4 itself is not
+        # compared, as the stitcher's H.264 encode is not bit-reproducible run to run.
+        for run in ("wa", "wb"):
+            dirs = [segment_dir(work / run, seg.index) for seg in plan.segments]
+            result[run] = [(segment_frames_digest(d), [c["sha256"] for c in read_record(d)["clips"]]) for d in dirs]
+        result["num_clips"] = [seg.num_clips for seg in plan.segments]
+    return result
+
+
+def share_round_trip_worker(rank: int, world: int) -> list:
+    """Tensors of every kind the hand-off carries, shared from rank 0."""
+    from parallel import GroupChainSync
+    from render.clip_loop import share_tensor
+
+    sync = GroupChainSync.create(writer=0, timeout_s=30)
+    g = torch.Generator().manual_seed(5)
+    cases = [torch.randn(1, 16, 3, 4, 5, generator=g), torch.randn(2, 3, generator=g).to(torch.bfloat16),
+             torch.tensor(7), torch.zeros(0, 4), torch.tensor([True, False]), torch.arange(10, dtype=torch.int32),
+             None]
+    got = [share_tensor(sync, c if rank == 0 else None) for c in cases]
+    return [(None if c is None else (c.dtype, tuple(c.shape), c.float().tolist())) for c in got]
