@@ -69,7 +69,7 @@ def cmd_assemble(a: argparse.Namespace) -> int:
 def cmd_qa(a: argparse.Namespace) -> int:
     from render.qa import qa_video
 
-    rep = qa_video(a.video, a.plan, a.image)
+    rep = qa_video(a.video, a.plan, a.image, lipsync=a.lipsync, audio=a.audio)
     text = json.dumps(rep, indent=1)
     if a.json_out:
         Path(a.json_out).write_text(text)
@@ -80,6 +80,10 @@ def cmd_qa(a: argparse.Namespace) -> int:
     for k, s in enumerate(rep["colour"]["segments"]):
         print(f"segment {k}: Lab mean {s['mean']} std {s['std']}" +
               (f"  mean-ref {s['mean_minus_ref']}" if "mean_minus_ref" in s else ""))
+    if "lipsync" in rep:
+        ls = rep["lipsync"]
+        print(f"lip-sync: corr {ls['corr']:.3f} at lag {ls['lag']:+d} frames (lag 0: {ls['corr_lag0']:.3f}), "
+              f"{ls['frames']} frames, audio {ls['audio']}  [tiny-model characters only]")
     if not a.json_out:
         sys.stdout.write(text + "\n")
     return EXIT_OK
@@ -102,9 +106,17 @@ def register(subparsers) -> None:
     p.add_argument("--allowed-root", action="append", default=[], help="manifest paths must stay inside")
     p.set_defaults(fn=cmd_assemble)
 
-    p = subparsers.add_parser("qa", help="seam and colour-drift metrics of a stitched shot")
+    p = subparsers.add_parser("qa", help="seam and colour-drift metrics of a stitched shot (and lip-sync of "
+                              "the tiny model's characters)")
     p.add_argument("video")
     p.add_argument("--plan", default=None, help="the shot's plan.json (default: one segment covering the video)")
     p.add_argument("--image", default=None, help="reference image for colour drift")
+    p.add_argument("--lipsync", action="store_true",
+                   help="add lip-sync: correlation of the audio's loudness with the mouth opening per frame at the "
+                        "best lag of -4..4 frames (positive = mouth late), and at lag 0. Meaningful ONLY for videos "
+                        "of the tiny trained model's procedural characters: the mouth opening is measured as the "
+                        "area of their mouth colour (render.lipsync.MOUTH_RGB); it does not measure real faces")
+    p.add_argument("--audio", default=None,
+                   help="audio to score lip-sync against (implies --lipsync; default: the video's own audio track)")
     p.add_argument("--json-out", default=None)
     p.set_defaults(fn=cmd_qa)

@@ -1,7 +1,13 @@
-"""Seam and colour-drift metrics of a finished shot file (``s2v qa``); see render/seams.py."""
+"""Seam and colour-drift metrics of a finished shot file (``s2v qa``); see render/seams.py.
+
+Optionally also lip-sync (render/lipsync.py: audio loudness vs the measured mouth opening per
+frame), which is meaningful only for videos of the tiny trained model's procedural characters,
+whose open mouth is drawn in one colour (``render.lipsync.MOUTH_RGB``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +24,36 @@ def reference_rgb(image_path: str | Path, height: int, width: int) -> np.ndarray
     return ((ref.permute(1, 2, 0).numpy() + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
 
 
+def _measuring_mouth(frames: Iterable[np.ndarray], openings: list[float]) -> Iterator[np.ndarray]:
+    """Pass frames through, appending each frame's mouth opening (one decode serves both reports)."""
+    from .lipsync import measure_mouth_opening
+
+    for frame in frames:
+        openings.append(float(measure_mouth_opening(frame[None])[0]))
+        yield frame
+
+
+def lipsync_report(openings: np.ndarray, samples_16k: np.ndarray, fps: float, max_lag: int = 4) -> dict:
+    """``render.lipsync.lipsync_of_video`` from per-frame mouth openings and 16 kHz mono audio."""
+    from .lipsync import frame_loudness_db, lipsync_score
+
+    loud = frame_loudness_db(samples_16k, 16000, fps, len(openings))
+    rep = lipsync_score(loud, np.asarray(openings, np.float32), max_lag)
+    rep.update(max_lag=max_lag,
+               note="meaningful only for the tiny model's characters (mouth colour render.lipsync.MOUTH_RGB)")
+    return rep
+
+
 def qa_video(video: str | Path, plan: str | Path | SegmentPlan | None = None,
-             image: str | Path | None = None, infer_frames: int = 80) -> dict:
+             image: str | Path | None = None, infer_frames: int = 80, lipsync: bool = False,
+             audio: str | Path | None = None) -> dict:
     """Seam report of ``video``. Without a plan the whole video is one segment of clips of
-    ``infer_frames`` (clip boundaries reported, no joins)."""
+    ``infer_frames`` (clip boundaries reported, no joins).
+
+    ``lipsync`` (implied by ``audio``) adds ``rep["lipsync"]``: correlation of the audio's loudness
+    with the mouth opening per frame at the best lag (render/lipsync.py), against ``audio`` or by
+    default the video's own audio track. Meaningful only for the tiny model's characters.
+    """
     from .video_writer import probe_video
 
     info = probe_video(video)
@@ -36,6 +68,21 @@ def qa_video(video: str | Path, plan: str | Path | SegmentPlan | None = None,
         raise ValueError(f"{video}: {info.frames} frames, the plan describes {plan.total_frames} "
                          "(was the video converted to another frame rate?)")
     ref = reference_rgb(image, info.height, info.width) if image is not None else None
-    rep = seam_report(decoded_frames(video), plan, ref)
+    frames: Iterable[np.ndarray] = decoded_frames(video)
+    openings: list[float] = []
+    lipsync = lipsync or audio is not None
+    if lipsync:
+        from .audio_io import decode_audio
+
+        # Any format decode_audio reads (an MP4's own AAC track included), 16 kHz mono; decoded
+        # first so a bad audio file fails before the video is read.
+        audio = audio if audio is not None else video
+        samples = decode_audio(audio, 16000).samples
+        frames = _measuring_mouth(frames, openings)
+    rep = seam_report(frames, plan, ref)
     rep["video"] = str(video)
+    if lipsync:
+        for _ in frames:  # any frames the seam report did not read
+            pass
+        rep["lipsync"] = {**lipsync_report(np.asarray(openings, np.float32), samples, info.fps), "audio": str(audio)}
     return rep

@@ -12,10 +12,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .config import DiTConfig
+from .config import T5_FILE, TOKENIZER_DIR, VAE_FILE, W2V_DIR, DiTConfig
 from .dit.init import fill_random_
 from .dit.model import S2VDiT
-from .pipeline import T5_FILE, TOKENIZER_DIR, VAE_FILE, W2V_DIR
 
 TINY_DIT = DiTConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, audio_inject_layers=[0, 1],
                      audio_dim=32, text_len=32)
@@ -54,13 +53,14 @@ def write_tiny_vae(folder: Path, dim: int = TINY_VAE_DIM, seed: int = 1) -> None
     torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, folder / VAE_FILE)
 
 
-def write_tiny_text_encoder(folder: Path, seed: int = 2) -> None:
+def write_tiny_text_encoder(folder: Path, seed: int = 2, t5: dict | None = None) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
     from .text_encoder import hf_keys_for, official_key_shapes
 
-    cfg = UMT5Config(**TINY_T5, relative_attention_num_buckets=32, relative_attention_max_distance=128,
+    t5 = dict(TINY_T5 if t5 is None else t5)
+    cfg = UMT5Config(**t5, relative_attention_num_buckets=32, relative_attention_max_distance=128,
                      feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, dropout_rate=0.0)
     torch.manual_seed(seed)
     hf = UMT5EncoderModel(cfg).state_dict()
@@ -73,8 +73,8 @@ def write_tiny_text_encoder(folder: Path, seed: int = 2) -> None:
     # A word-level tokenizer over a small vocabulary: enough to turn prompts into ids.
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
     letters = "abcdefghijklmnopqrstuvwxyz0123456789"
-    words = [a + b for a in letters for b in letters][: TINY_T5["vocab_size"] - len(vocab) - len(letters)]
-    for w in list(letters) + words:
+    words = [a + b for a in letters for b in letters][: max(0, t5["vocab_size"] - len(vocab) - len(letters))]
+    for w in (list(letters) + words)[: t5["vocab_size"] - len(vocab)]:
         vocab[w] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()

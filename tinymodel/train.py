@@ -1,0 +1,488 @@
+"""Train the tiny S2V model from scratch: VAE, then the DiT, on generated talking characters.
+
+    python -m tinymodel.train --out OUT [--corpus .cache/speech_corpus.npz] [--minutes 9]
+
+Stages, each bounded by its share of the time budget (one GPU; `--device cpu --smoke` runs
+every stage for a few steps, which is what the tests do):
+
+1. VAE: the Wan2.1 architecture at base width 8, trained on short snippets of generated
+   characters through the same streaming encode/decode the renderer uses (L1 + L2, the mouth
+   colour weighted up); then its latents are renormalised so the official wrapper's fixed
+   per-channel mean/std give unit-variance latents (``export.fold_latent_normalisation``).
+2. Data: generated 15-s videos of characters speaking corpus or procedural speech; each gives
+   "motion" windows (73 frames of context + an 80-frame clip, encoded together as 39 latents,
+   the first 19 of which are exactly what the renderer's motion hand-off encodes) and "first
+   clip" windows (reference frame + 80 frames = 21 latents, the first being the reference).
+3. DiT: our S2V DiT (render/dit, the same code as the 14B) with flow matching, the official
+   conditioning (reference latents, FramePack motion, per-frame audio injection, zero-timestep
+   modulation, text), unconditional = negative prompt + zero audio for 10% of samples (the
+   pair CFG uses at inference), bf16 autocast, AdamW, EMA of the weights.
+4. Export: the folder in the official layout (tinymodel/export.py) and a lip-sync evaluation on
+   held-out characters and audio through the renderer's clip loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from render.audio_features import frame_features, load_wav2vec2
+from render.config import S2V_NEGATIVE_PROMPT, T5_FILE, TOKENIZER_DIR, W2V_DIR
+from render.dit.model import S2VDiT
+from render.lipsync import MOUTH_RGB, MOUTH_TOLERANCE
+from render.vae.model import WanVAEModel
+from render.vae.wrapper import LATENT_MEAN, LATENT_STD
+
+from .export import (
+    PROMPTS,
+    SHIPPED_DIR,
+    SIZE,
+    TRAINED_DIT,
+    VAE_DIM,
+    fold_latent_normalisation,
+    write_dit,
+    write_vae,
+)
+from .faces import FPS, Motion, random_character, reference_frame, render_character
+from .speech import SAMPLE_RATE, Corpus, speech_track
+
+MOTION_FRAMES, MOTION_LATENTS, CLIP_FRAMES, CLIP_LATENTS = 73, 19, 80, 20
+VIDEO_FRAMES = 241  # 15 s + 1 frame per generated video
+
+
+def log(msg: str, fh=None) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    print(line, flush=True)
+    if fh is not None:
+        fh.write(line + "\n")
+        fh.flush()
+
+
+# -- stage 1: VAE ---------------------------------------------------------------------------
+def random_motion(rng: np.random.Generator, frames: int) -> Motion:
+    """Mouth and eyes in random states (VAE data need not follow audio)."""
+    mouth = np.clip(np.cumsum(rng.normal(0, 0.35, frames)) * 0.5 + rng.uniform(-0.3, 1.0), 0, 1)
+    mouth = np.where(rng.random(frames) < 0.15, 0.0, mouth).astype(np.float32)
+    blink = (rng.random(frames) < 0.15).astype(np.float32) * rng.uniform(0.3, 1.0)
+    dx = (rng.uniform(-0.03, 0.03) + np.cumsum(rng.normal(0, 0.004, frames))).astype(np.float32)
+    dy = (rng.uniform(-0.02, 0.02) + np.cumsum(rng.normal(0, 0.003, frames))).astype(np.float32)
+    return Motion(dx, dy, blink.astype(np.float32), mouth)
+
+
+def snippets(rng: np.random.Generator, batch: int, frames: int, size: int, dev) -> torch.Tensor:
+    """[B, 3, frames, H, W] in [-1, 1]."""
+    out = [render_character(random_character(rng), random_motion(rng, frames), size, size, dev)
+           for _ in range(batch)]
+    return torch.stack(out).permute(0, 2, 1, 3, 4) * 2 - 1
+
+
+def mouth_weight(x: torch.Tensor) -> torch.Tensor:
+    """1 everywhere, 10 on mouth-coloured pixels of x [B, 3, T, H, W] in [-1, 1]."""
+    rgb = (x + 1) / 2
+    d = (rgb - torch.tensor(MOUTH_RGB, device=x.device).view(1, 3, 1, 1, 1)).norm(dim=1, keepdim=True)
+    return 1 + 9 * (d < MOUTH_TOLERANCE).float()
+
+
+def vae_reconstruct(vae: WanVAEModel, x: torch.Tensor, noise: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    mu = vae.encode_mu(x)
+    z = mu + noise * mu.detach().std() * torch.randn_like(mu) if noise else mu
+    return torch.cat(list(vae.decode_stream(z)), dim=2), mu
+
+
+def _detach_cache(cache) -> None:
+    for k, v in list(cache._state.items()):
+        cache._state[k] = v.detach()
+
+
+def vae_long_sequence_loss(vae: WanVAEModel, x: torch.Tensor, window: int = 4, noise: float = 0.05,
+                           autocast: bool = False) -> float:
+    """Encode and decode a long video [B, 3, 1 + 4k, H, W] chunk by chunk exactly as the renderer
+    streams it, back-propagating every ``window`` latents and then cutting the graph at the
+    streaming caches (truncated back-propagation through time). Gradients accumulate in the
+    parameters; returns the mean loss.
+
+    Why: the causal VAE's temporal receptive field is ~90 frames, so a VAE trained only on short
+    snippets never sees its caches in their steady state and falls apart after ~40 frames of a clip
+    (measured: 18 dB for frames 0-31, 10 dB from frame 48 on). This trains that regime at the cost
+    of a short snippet per window.
+    """
+    from render.vae.layers import StreamCache
+    from render.vae.model import FRAMES_PER_LATENT
+
+    enc_cache, dec_cache = StreamCache(), StreamCache()
+    n_lat = 1 + (x.shape[2] - 1) // FRAMES_PER_LATENT
+    total, pending, count = 0.0, [], 0
+    for i in range(n_lat):
+        start = 0 if i == 0 else 1 + FRAMES_PER_LATENT * (i - 1)
+        stop = 1 + FRAMES_PER_LATENT * i
+        target = x[:, :, start:stop]
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            mu = vae.conv1(vae.encoder(target, enc_cache))[:, : vae.z_dim]
+            z = mu + noise * mu.detach().std() * torch.randn_like(mu) if noise else mu
+            rec = vae.decoder(vae.conv2(z), dec_cache).float()
+        w = mouth_weight(target)
+        pending.append((w * (rec - target).abs()).mean() + (w * (rec - target) ** 2).mean() + 1e-4 * mu.float().pow(2).mean())
+        if len(pending) == window or i == n_lat - 1:
+            loss = torch.stack(pending).sum() / n_lat
+            loss.backward()
+            total += float(loss.detach()) * n_lat
+            count += len(pending)
+            pending = []
+            _detach_cache(enc_cache)
+            _detach_cache(dec_cache)
+    return total / count
+
+
+def snippet_pool(rng: np.random.Generator, count: int, frames: int, size: int, dev) -> torch.Tensor:
+    """[count, 3, frames, H, W] bf16 snippets rendered once: drawing characters one by one costs
+    as much GPU time as a VAE step, so steps sample from this pool (with flips) instead."""
+    return torch.cat([snippets(rng, 16, frames, size, dev).to(torch.bfloat16) for _ in range(-(-count // 16))])
+
+
+# (frames, share of the batch): the causal VAE must see long sequences in training, or its
+# streaming state goes wrong after the snippet length (measured: 9-frame training -> PSNR ~10 dB
+# from frame 12 on).
+VAE_LENGTHS = ((9, 1.0), (17, 0.5), (33, 0.25))
+
+
+def pool_batch(pool: torch.Tensor, batch: int, frames: int | None = None) -> torch.Tensor:
+    idx = torch.randint(0, len(pool), (batch,), device=pool.device)
+    frames = frames or pool.shape[2]
+    start = int(torch.randint(0, pool.shape[2] - frames + 1, ()))
+    x = pool[idx, :, start:start + frames].float()
+    flip = torch.rand(batch, device=x.device) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1, 1), x.flip(-1), x)
+
+
+def train_vae(args, dev, fh) -> WanVAEModel:
+    rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    vae = WanVAEModel(dim=VAE_DIM).to(dev)
+    if args.init_vae:
+        vae.load_state_dict(torch.load(args.init_vae, map_location=dev, weights_only=True))
+        log(f"VAE: loaded {args.init_vae}" + (", fine-tuning" if args.vae_finetune else " (already normalised)"), fh)
+        if not args.vae_finetune:
+            args.vae_folded = True
+            return vae.eval()
+    t0 = time.time()
+    pool = snippet_pool(rng, args.vae_pool, VAE_LENGTHS[-1][0], args.size, dev)
+    log(f"VAE: {len(pool)} snippets rendered ({time.time() - t0:.0f} s)", fh)
+    t0 = time.time()  # the budget is for training steps
+    opt = torch.optim.Adam(vae.parameters(), lr=args.vae_lr)
+    budget = args.minutes * 60 * args.vae_share
+    step = 0
+    while True:
+        frac = (time.time() - t0) / budget
+        if frac >= 1 or (args.smoke and step >= 3):
+            break
+        for g in opt.param_groups:
+            g["lr"] = args.vae_lr * min(1.0, (step + 1) / 50) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1))))
+        opt.zero_grad(set_to_none=True)
+        if args.vae_long_every and step % args.vae_long_every == args.vae_long_every - 1:
+            # A long video streamed like the renderer does (steady-state caches), fresh characters.
+            x = snippets(rng, args.vae_long_batch, args.vae_long_frames, args.size, dev)
+            loss = torch.tensor(vae_long_sequence_loss(vae, x, autocast=dev.type == "cuda"))
+        else:
+            frames, share = VAE_LENGTHS[step % len(VAE_LENGTHS)]
+            x = pool_batch(pool, max(1, int(args.vae_batch * share)), frames)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                rec, mu = vae_reconstruct(vae, x, noise=0.05)
+            rec, mu = rec.float(), mu.float()
+            w = mouth_weight(x)
+            loss = (w * (rec - x).abs()).mean() + (w * (rec - x) ** 2).mean() + 1e-4 * mu.pow(2).mean()
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if step % 100 == 0:
+            log(f"VAE step {step} loss {loss.item():.4f} ({time.time() - t0:.0f} s)", fh)
+        step += 1
+    del pool
+    vae.eval()
+    with torch.no_grad():
+        # Characters not in the pool, 161 frames (longer than the 153 the renderer decodes per clip):
+        # PSNR over all and per 16 frames - it must not fall with the frame index.
+        x = snippets(np.random.default_rng(args.seed + 999), 2, 17 if args.smoke else 161, args.size, dev)
+        rec, _ = vae_reconstruct(vae, x)
+        mse_t = ((rec.clamp(-1, 1) - x) ** 2).mean(dim=(0, 1, 3, 4))
+        psnr = 10 * math.log10(4 / max(mse_t.mean().item(), 1e-12))
+        per = [round(10 * math.log10(4 / max(m.mean().item(), 1e-12)), 1) for m in mse_t.split(16)]
+    log(f"VAE done: {step} steps, held-out {x.shape[2]}-frame PSNR {psnr:.1f} dB; per 16 frames {per}", fh)
+    args.metrics["vae_psnr_per_16_frames"] = per
+    args.metrics["vae_steps"], args.metrics["vae_psnr_db"] = step, round(psnr, 2)
+    args.vae_folded = False
+    return vae
+
+
+# -- stage 2: data --------------------------------------------------------------------------
+def encode_norm(vae: WanVAEModel, x: torch.Tensor) -> torch.Tensor:
+    """Normalised latents as the renderer's WanVAE.encode gives them (official mean / 1/std)."""
+    mu = vae.encode_mu(x)
+    mean = torch.tensor(LATENT_MEAN, device=x.device).view(1, -1, 1, 1, 1)
+    inv = (1.0 / torch.tensor(LATENT_STD, dtype=torch.float32)).to(x.device).view(1, -1, 1, 1, 1)
+    return (mu - mean) * inv
+
+
+@torch.no_grad()
+def build_data(args, vae: WanVAEModel, audio_enc, corpus: Corpus | None, dev, fh) -> dict:
+    budget = args.minutes * 60 * args.data_share
+    t0 = time.time()
+    motion_lat, motion_aud, motion_ref, first_lat, first_aud, refs = [], [], [], [], [], []
+    v = 0
+    group = 4 if args.smoke else 16
+    while v < args.max_videos and (time.time() - t0 < budget or v == 0):
+        clips, clip_kind, ref_pixels = [], [], []
+        for _ in range(group):
+            rng = np.random.default_rng(args.seed * 1_000_003 + v)
+            ch = random_character(rng)
+            audio = speech_track(rng, VIDEO_FRAMES / FPS + 0.1, corpus)
+            from .faces import motion_for_audio
+
+            mo = motion_for_audio(ch, audio, SAMPLE_RATE, VIDEO_FRAMES, rng)
+            frames = render_character(ch, mo, args.size, args.size, dev).permute(1, 0, 2, 3) * 2 - 1
+            ref = reference_frame(ch, args.size, args.size).to(dev) * 2 - 1
+            feats = frame_features(audio_enc, audio, VIDEO_FRAMES, FPS)[0, 0].to(dev)  # [C, T]
+            ref_pixels.append(ref)
+            ref_id = len(refs) + len(ref_pixels) - 1
+            for s in rng.choice(VIDEO_FRAMES - MOTION_FRAMES - CLIP_FRAMES + 1, 3, replace=False):
+                clips.append(frames[:, s:s + MOTION_FRAMES + CLIP_FRAMES])
+                clip_kind.append("m")
+                motion_aud.append(feats[:, s + MOTION_FRAMES:s + MOTION_FRAMES + CLIP_FRAMES].half())
+                motion_ref.append(ref_id)
+            for s in rng.choice(VIDEO_FRAMES - CLIP_FRAMES + 1, 2, replace=False):
+                clips.append(torch.cat([ref[:, None], frames[:, s:s + CLIP_FRAMES]], dim=1))
+                clip_kind.append("f")
+                first_aud.append(feats[:, s:s + CLIP_FRAMES].half())
+            v += 1
+        if not args.vae_folded:
+            # Normalise on real training windows (long clips, as the renderer encodes them).
+            raw = vae.encode_mu(torch.stack([c for c, k in zip(clips, clip_kind) if k == "m"][:8]))
+            raw = raw.transpose(0, 1).flatten(1)
+            fold_latent_normalisation(vae, raw.mean(1), raw.std(1).clamp_min(1e-3))
+            args.vae_folded = True
+            log(f"VAE latents normalised (raw channel std {raw.std(1).min():.3f}..{raw.std(1).max():.3f})", fh)
+        refs.append(encode_norm(vae, torch.stack(ref_pixels)[:, :, None]).to(torch.bfloat16))
+        for kind in ("m", "f"):
+            batch = torch.stack([c for c, k in zip(clips, clip_kind) if k == kind])
+            for chunk in batch.split(16):
+                lat = encode_norm(vae, chunk).to(torch.bfloat16)
+                (motion_lat if kind == "m" else first_lat).append(lat)
+        if v % 160 == 0 or args.smoke:
+            log(f"data: {v} videos ({time.time() - t0:.0f} s)", fh)
+    data = {
+        "motion_lat": torch.cat(motion_lat), "motion_aud": torch.stack(motion_aud),
+        "motion_ref": torch.tensor(motion_ref, device=dev), "first_lat": torch.cat(first_lat),
+        "first_aud": torch.stack(first_aud), "refs": torch.cat(refs),
+    }
+    log(f"data done: {v} videos, {len(data['motion_lat'])} motion + {len(data['first_lat'])} first-clip windows, "
+        f"latent std {data['motion_lat'].float().std():.3f} ({time.time() - t0:.0f} s)", fh)
+    args.metrics["videos"] = v
+    return data
+
+
+# -- stage 3: DiT ---------------------------------------------------------------------------
+@torch.no_grad()
+def init_for_training(model: S2VDiT) -> S2VDiT:
+    """Xavier linears/convs, zero biases; the prediction head and the audio injectors' output
+    projections start at zero (the release's zero_init), so training starts from v = 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv3d):
+            nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+    nn.init.zeros_(model.head.head.weight)
+    nn.init.zeros_(model.head.head.bias)
+    for inj in model.audio_injector.injector:
+        nn.init.zeros_(inj.o.weight)
+        nn.init.zeros_(inj.o.bias)
+    return model
+
+
+def contexts(template: Path, text_len: int, dev) -> tuple[list[torch.Tensor], torch.Tensor]:
+    from render.text_encoder import load_text_encoder
+
+    enc = load_text_encoder(template / T5_FILE, template / TOKENIZER_DIR, text_len=text_len)
+    embs = [e.float().to(dev) for e in enc.encode([*PROMPTS, S2V_NEGATIVE_PROMPT])]
+    enc.release()
+    return embs[:-1], embs[-1]
+
+
+def dit_batch(model: S2VDiT, data: dict, prompts, negative, batch: int, first_clip: bool,
+              uncond_p: float, shift: float, dev) -> torch.Tensor:
+    n = len(data["first_lat" if first_clip else "motion_lat"])
+    idx = torch.randint(0, n, (batch,), device=dev)
+    if first_clip:
+        lat = data["first_lat"][idx].float()
+        ref, motion, x0 = lat[:, :, :1], None, lat[:, :, 1:]
+        aud = data["first_aud"][idx].float()
+    else:
+        lat = data["motion_lat"][idx].float()
+        motion, x0 = lat[:, :, :MOTION_LATENTS], lat[:, :, MOTION_LATENTS:]
+        ref = data["refs"][data["motion_ref"][idx]].float()
+        aud = data["motion_aud"][idx].float()
+    uncond = torch.rand(batch, device=dev) < uncond_p
+    aud = aud * (~uncond).float().view(-1, 1, 1)
+    audio = aud[:, None].expand(-1, 25, -1, -1)
+    ctx = [negative if u else prompts[int(torch.randint(0, len(prompts), ()))] for u in uncond.tolist()]
+    cond = model.prepare(x0.shape[1:], ctx, ref, motion, None, audio, motion_frames=(MOTION_FRAMES, MOTION_LATENTS),
+                         drop_motion_frames=first_clip)
+    u = torch.sigmoid(torch.randn(batch, device=dev))
+    sigma = shift * u / (1 + (shift - 1) * u)
+    noise = torch.randn_like(x0)
+    s = sigma.view(-1, 1, 1, 1, 1)
+    xt = (1 - s) * x0 + s * noise
+    pred = model.denoise(xt, sigma * 1000, cond)
+    return F.mse_loss(pred.float(), noise - x0)
+
+
+def train_dit(args, data: dict, prompts, negative, dev, fh) -> tuple[S2VDiT, S2VDiT]:
+    torch.manual_seed(args.seed + 1)
+    model = init_for_training(S2VDiT(TRAINED_DIT)).to(dev)
+    if args.init_dit:
+        from safetensors.torch import load_file
+
+        model.load_state_dict({k: v.float() for k, v in load_file(args.init_dit).items()})
+        log(f"DiT: continuing from {args.init_dit}", fh)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    budget = args.minutes * 60 * args.dit_share
+    t0, step, losses = time.time(), 0, []
+    warm = 50 if args.init_dit else 300
+    while True:
+        frac = (time.time() - t0) / budget
+        if frac >= 1 or (args.smoke and step >= 3):
+            break
+        lr = args.lr * min(1.0, (step + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1))))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        first = bool(torch.rand(()) < args.first_clip_p)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            loss = dit_batch(model, data, prompts, negative, args.batch, first, 0.1, args.shift, dev)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        losses.append(loss.item())
+        if step % 200 == 0:
+            log(f"DiT step {step} loss {np.mean(losses[-200:]):.4f} lr {lr:.2e} ({time.time() - t0:.0f} s)", fh)
+        step += 1
+    log(f"DiT done: {step} steps, last-500 loss {np.mean(losses[-500:]):.4f}", fh)
+    args.metrics["dit_steps"] = step
+    args.metrics["dit_loss_last500"] = round(float(np.mean(losses[-500:])), 4)
+    args.metrics["dit_batch"] = args.batch
+    return model, ema
+
+
+def save_strip(path: Path, videos: list[np.ndarray], every: int = 8, count: int = 12) -> None:
+    """One row per video: every ``every``-th frame, ``count`` of them."""
+    from PIL import Image
+
+    rows = [np.concatenate([v[min(i * every, len(v) - 1)] for i in range(count)], axis=1) for v in videos]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+
+
+# -- main -------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, help="folder for the checkpoint, log and metrics")
+    ap.add_argument("--corpus", default=None, help="speech corpus .npz (tinymodel/speech.py build_corpus)")
+    ap.add_argument("--template", default=str(SHIPPED_DIR), help="folder with the text encoder + audio front end")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--minutes", type=float, default=9.0, help="total time budget")
+    ap.add_argument("--vae-share", type=float, default=0.22)
+    ap.add_argument("--data-share", type=float, default=0.12)
+    ap.add_argument("--dit-share", type=float, default=0.58)
+    ap.add_argument("--max-videos", type=int, default=100000)
+    ap.add_argument("--size", type=int, default=SIZE)
+    ap.add_argument("--vae-batch", type=int, default=48)
+    ap.add_argument("--vae-pool", type=int, default=1200, help="pre-rendered VAE training snippets (33 frames)")
+    ap.add_argument("--vae-lr", type=float, default=2e-3)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--shift", type=float, default=3.0)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--first-clip-p", type=float, default=0.3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init-vae", default=None, help="continue from a trained (already folded) VAE state dict")
+    ap.add_argument("--vae-long-every", type=int, default=2, help="every N-th VAE step streams a long video (0: never)")
+    ap.add_argument("--vae-long-frames", type=int, default=129, help="frames of those videos (1 + 4k)")
+    ap.add_argument("--vae-long-batch", type=int, default=8)
+    ap.add_argument("--vae-finetune", action="store_true", help="keep training the --init-vae VAE")
+    ap.add_argument("--init-dit", default=None, help="continue from DiT weights (safetensors)")
+    ap.add_argument("--eval-samples", type=int, default=4)
+    ap.add_argument("--smoke", action="store_true", help="a few steps of every stage (tests)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    args.metrics = {}
+    if args.smoke:  # every code path, at toy lengths
+        args.vae_long_frames, args.vae_long_batch = min(args.vae_long_frames, 17), min(args.vae_long_batch, 2)
+    if args.size < 64 or args.size % 16:
+        # FramePack's 4x motion packer needs latents of at least 8 x 8 (64 px); patches need 16 px.
+        raise SystemExit(f"--size {args.size}: expected a multiple of 16, at least 64")
+    if (args.vae_long_frames - 1) % 4:
+        raise SystemExit(f"--vae-long-frames {args.vae_long_frames}: expected 1 + 4k")
+    dev = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    template = Path(args.template)
+    t_start = time.time()
+    with open(out / "train_log.txt", "a") as fh:
+        log(f"device {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}), "
+            f"budget {args.minutes} min", fh)
+        corpus = Corpus(args.corpus) if args.corpus else None
+        vae = train_vae(args, dev, fh)
+        vae.requires_grad_(False)
+        audio_enc = load_wav2vec2(template / W2V_DIR)
+        data = build_data(args, vae, audio_enc, corpus, dev, fh)  # also normalises the VAE's latents
+        write_vae(out, vae.state_dict())
+        del vae
+        prompts, negative = contexts(template, TRAINED_DIT.text_len, dev)
+        model, ema = train_dit(args, data, prompts, negative, dev, fh)
+        del data
+        ckpt = out / "ckpt"
+        if ckpt.exists():
+            shutil.rmtree(ckpt)
+        shutil.copytree(template, ckpt, ignore=shutil.ignore_patterns("config.json", "*.safetensors", "*VAE*"))
+        shutil.copy(template / W2V_DIR / "config.json", ckpt / W2V_DIR / "config.json")
+        write_dit(ckpt, TRAINED_DIT, ema.state_dict())
+        shutil.copy(out / "Wan2.1_VAE.pth", ckpt / "Wan2.1_VAE.pth")
+        args.metrics["train_minutes"] = round((time.time() - t_start) / 60, 2)
+        log(f"exported {ckpt}", fh)
+        if args.eval_samples:
+            from .evaluate import evaluate_lipsync
+
+            for guidance in (1.0, 4.5):
+                ev = evaluate_lipsync(ckpt, str(dev), samples=args.eval_samples, seconds=10.0 if not args.smoke else 2.0,
+                                      steps=10 if not args.smoke else 2, guidance=guidance, corpus=args.corpus,
+                                      size=args.size, keep_frames=True)
+                args.metrics[f"lipsync_g{guidance}"] = {k: ev[k] for k in ("mean_corr", "min_corr")}
+                log(f"lip-sync (held-out, guidance {guidance}): {ev['per_sample']}", fh)
+                save_strip(out / f"sample_g{guidance}.png", [f for f, _ in ev["videos"]])
+        args.metrics["total_minutes"] = round((time.time() - t_start) / 60, 2)
+        (out / "metrics.json").write_text(json.dumps(args.metrics, indent=2) + "\n")
+        log(f"metrics: {args.metrics}", fh)
+    return args.metrics
+
+
+if __name__ == "__main__":
+    main()
