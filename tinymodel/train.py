@@ -422,6 +422,7 @@ def parse_args(argv=None):
     ap.add_argument("--vae-long-every", type=int, default=2, help="every N-th VAE step streams a long video (0: never)")
     ap.add_argument("--vae-long-frames", type=int, default=129, help="frames of those videos (1 + 4k)")
     ap.add_argument("--vae-long-batch", type=int, default=8)
+    ap.add_argument("--vae-only", action="store_true", help="train and write only the VAE (use all of --minutes)")
     ap.add_argument("--vae-finetune", action="store_true", help="keep training the --init-vae VAE")
     ap.add_argument("--init-dit", default=None, help="continue from DiT weights (safetensors)")
     ap.add_argument("--eval-samples", type=int, default=4)
@@ -434,6 +435,8 @@ def main(argv=None) -> dict:
     args.metrics = {}
     if args.smoke:  # every code path, at toy lengths
         args.vae_long_frames, args.vae_long_batch = min(args.vae_long_frames, 17), min(args.vae_long_batch, 2)
+    if args.vae_only:
+        args.vae_share = 0.97
     if args.size < 64 or args.size % 16:
         # FramePack's 4x motion packer needs latents of at least 8 x 8 (64 px); patches need 16 px.
         raise SystemExit(f"--size {args.size}: expected a multiple of 16, at least 64")
@@ -452,6 +455,16 @@ def main(argv=None) -> dict:
         corpus = Corpus(args.corpus) if args.corpus else None
         vae = train_vae(args, dev, fh)
         vae.requires_grad_(False)
+        if args.vae_only:
+            with torch.no_grad():  # normalise on long generated clips, as the data stage would
+                x = snippets(np.random.default_rng(args.seed + 5), 4, MOTION_FRAMES + CLIP_FRAMES, args.size, dev)
+                raw = vae.encode_mu(x).transpose(0, 1).flatten(1)
+                fold_latent_normalisation(vae, raw.mean(1), raw.std(1).clamp_min(1e-3))
+            write_vae(out, vae.state_dict())
+            args.metrics["total_minutes"] = round((time.time() - t_start) / 60, 2)
+            (out / "metrics.json").write_text(json.dumps(args.metrics, indent=2) + "\n")
+            log(f"VAE only: wrote {out / 'Wan2.1_VAE.pth'}; metrics: {args.metrics}", fh)
+            return args.metrics
         audio_enc = load_wav2vec2(template / W2V_DIR)
         data = build_data(args, vae, audio_enc, corpus, dev, fh)  # also normalises the VAE's latents
         write_vae(out, vae.state_dict())
