@@ -127,3 +127,32 @@ def speech_track(rng: np.random.Generator, seconds: float, corpus: Corpus | None
     gain = 10 ** (rng.uniform(-12, 0) / 20)
     noise = rng.normal(0, 10 ** (rng.uniform(-70, -45) / 20), n).astype(np.float32)
     return (x * gain + noise).astype(np.float32)
+
+
+DEMO_TEXT = (
+    "Hello, and welcome to the tiny talking picture show. Every face you see here was drawn by a "
+    "small program, and every word you hear was spoken by a speech synthesiser. Watch the mouth: it "
+    "opens when the voice is loud, and it closes in the pauses. Thank you for watching, and goodbye!"
+)
+
+
+def write_demo_speech(out: str | Path, voice: str = "en-us+m3", speed: int = 144) -> Path:
+    """The demo's bundled speech (needs espeak-ng): DEMO_TEXT as 16 kHz mono Opus in Ogg."""
+    import av
+
+    x = espeak(DEMO_TEXT, voice, speed, 50)
+    x = (x / max(1e-4, float(np.abs(x).max())) * 0.9).astype(np.float32)
+    out = Path(out)
+    with av.open(str(out), "w", format="ogg") as c:
+        s = c.add_stream("libopus", rate=48000)
+        s.bit_rate = 32000
+        s.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(x[None], format="flt", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=48000)
+        for f in resampler.resample(frame) + resampler.resample(None):
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    return out
