@@ -10,7 +10,6 @@ import argparse
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
@@ -91,25 +90,10 @@ def cmd_render_shot(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from render.config import RenderSettings
-    from render.demo_assets import cartoon_face, speech_like_audio, write_wav
-    from render.pipeline import S2VPipeline
-    from render.shot import render_shot
-    from render.tiny_checkpoint import write_tiny_checkpoint
+    from s2v.demo import DemoOptions, run_demo
 
-    t0 = time.time()
-    out_dir = Path(a.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = write_tiny_checkpoint(out_dir / "tiny-s2v-checkpoint")
-    audio = write_wav(out_dir / "demo_speech.wav", speech_like_audio(a.seconds))
-    image = cartoon_face(out_dir / "demo_face.png")
-    settings = RenderSettings(size=a.size, steps=a.steps, seed=a.seed)
-    pipe = S2VPipeline(ckpt, device=_device(a.device))
-    r = render_shot(pipe, audio, image, "a cartoon character talks to the camera", out_dir / "demo.mp4",
-                    settings, progress=not a.quiet)
-    print(f"demo video: {r.output.resolve()} ({r.width}x{r.height}, {r.frames} frames, "
-          f"{r.duration_s:.2f} s; tiny random-weight model in {ckpt}) — {time.time() - t0:.1f} s")
-    return EXIT_OK
+    return run_demo(DemoOptions(out_dir=Path(a.out_dir), size=a.size, steps=a.steps, seed=a.seed,
+                                seconds=a.seconds, restart=a.restart, quiet=a.quiet))
 
 
 def cmd_validate(a: argparse.Namespace) -> int:
@@ -133,13 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_render_options(p)
     p.set_defaults(fn=cmd_render_shot)
 
-    p = sub.add_parser("demo", help="render a demo shot with a tiny built-in model on this machine")
-    p.add_argument("--out-dir", default="s2v-demo")
-    p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--size", default="192*192")
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--device", default="cpu")
+    from s2v.demo import DEFAULT_SIZE, DEFAULT_STEPS
+
+    p = sub.add_parser("demo", help="the main job (s2v run) on local Ray with a tiny built-in model, CPU",
+                       description="Writes a one-shot manifest (bundled 20 s speech, a generated character) "
+                                   "and renders it with `s2v run`'s code on a private local Ray; a rerun with "
+                                   "the same --out-dir resumes from the run directory. Exit codes as s2v run.")
+    p.add_argument("--out-dir", default="s2v-demo", help="checkpoint, inputs, manifest, run/ and demo.mp4")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="use only the first SECONDS of the bundled speech (default: all of it, 20.1 s)")
+    p.add_argument("--size", default=DEFAULT_SIZE, help=f"max area W*H (default {DEFAULT_SIZE})")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampling steps (default {DEFAULT_STEPS})")
+    p.add_argument("--seed", type=int, default=42, help="noise and character seed, in [0, 2^32)")
+    p.add_argument("--restart", action="store_true", help="discard an earlier demo run in --out-dir (other options)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_demo)
 
