@@ -183,8 +183,8 @@ class RankWorker:
             prompt, negative = shot_prompts(shot)
             ctx = torch.load(self.run.prompt_file(prompt), map_location="cpu", weights_only=True)
             neg_ctx = torch.load(self.run.prompt_file(negative), map_location="cpu", weights_only=True)
-            features = torch.load(self.run.features_file(shot.shot_id, index), map_location="cpu",
-                                  weights_only=True)
+            features_path = self.run.features_file(shot.shot_id, index)
+            features = torch.load(features_path, map_location="cpu", weights_only=True)
             return build_conditioning(self.pipe, shot, layout, settings, ctx, neg_ctx, features)
 
         cond = group_conditioning(self.sync, make)

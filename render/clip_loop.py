@@ -8,7 +8,7 @@ resumed later with identical results.
 Render groups (several ranks running one sequence-parallel DiT) pass a :class:`ChainSync`: one
 rank, the writer, runs the VAE (decode, motion re-encode) and produces the frames; the others
 only sample, and receive the motion latents from the writer when a clip needs them. This module
-stays single-device code: the hook's implementation (torch.distributed) is
+stays single-device code: the hook's implementation (collectives over a process group) is
 ``parallel.chain_sync.GroupChainSync``.
 """
 

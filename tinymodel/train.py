@@ -41,7 +41,7 @@ from render.config import S2V_NEGATIVE_PROMPT, T5_FILE, TOKENIZER_DIR, W2V_DIR
 from render.dit.model import S2VDiT
 from render.lipsync import MOUTH_RGB, MOUTH_TOLERANCE
 from render.vae.model import WanVAEModel
-from render.vae.wrapper import LATENT_MEAN, LATENT_STD
+from render.vae.wrapper import WanVAE
 
 from .export import (
     PROMPTS,
@@ -226,11 +226,8 @@ def train_vae(args, dev, fh) -> WanVAEModel:
 
 # -- stage 2: data --------------------------------------------------------------------------
 def encode_norm(vae: WanVAEModel, x: torch.Tensor) -> torch.Tensor:
-    """Normalised latents as the renderer's WanVAE.encode gives them (official mean / 1/std)."""
-    mu = vae.encode_mu(x)
-    mean = torch.tensor(LATENT_MEAN, device=x.device).view(1, -1, 1, 1, 1)
-    inv = (1.0 / torch.tensor(LATENT_STD, dtype=torch.float32)).to(x.device).view(1, -1, 1, 1, 1)
-    return (mu - mean) * inv
+    """Normalised latents exactly as the renderer's WanVAE.encode gives them (official mean / 1/std)."""
+    return WanVAE(vae).encode(x)
 
 
 @torch.no_grad()
