@@ -140,6 +140,11 @@ def test_driver_killed_mid_run_restarts_without_rerendering_and_second_start_exi
     for sid, clips in in_flight.items():
         rec = json.loads((run_dir / "segments" / sid / "0.json").read_text())
         resumed[sid] = (clips, rec["resumed_from_clip"])
+        if rec["attempt"] == 1:
+            # The killed run's rank finished and committed this segment before Ray tore it down
+            # (a driver's death reaches its actors a moment later): the restart had nothing to redo.
+            assert rec["clips_rendered"] == rec["clips"], (sid, rec)
+            continue
         assert rec["resumed_from_clip"] >= max(0, clips - 1), (sid, clips, rec)
     driver_log = (run_dir / "logs" / "driver.log").read_text()
     assert f"{len(done_before)} shots already published: skipped" in driver_log
