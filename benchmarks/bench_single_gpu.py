@@ -207,9 +207,17 @@ def main(argv=None) -> int:
     if "reference" not in skip:  # torch glue (no fused kernels), same attention dispatch
         R["reference"] = measure_ours(dit, inputs[first], 1, 1)
     R["optimize"] = optimize_dit(dit, dev).describe()
+    fa4 = dev.type == "cuda" and attention.fa4_status()[0]
+    R["fa4"] = attention.fa4_status()[1]
     for s in sizes:
         r = R["sizes"].setdefault(f"{s[0]}x{s[1]}", {})
+        if fa4:  # the same model with torch's SDPA backends only (cuDNN on Hopper), for comparison
+            attention.set_backend(dev, attention.SDPA_BACKENDS)
+            r["exact_b2_sdpa"] = measure_ours(dit, inputs[s], 2, args.repeats)
+            attention.reset()
         r["exact_b2"] = measure_ours(dit, inputs[s], 2, args.repeats)
+        if fa4:
+            r["exact_fa4_vs_sdpa_rel_err"] = relative_error(r["exact_b2"]["out"], r["exact_b2_sdpa"]["out"])
         r["exact_b1"] = measure_ours(dit, inputs[s], 1, args.repeats)
         r["exact_b2_vs_b1_rel_err"] = relative_error(r["exact_b2"]["out"][:1], r["exact_b1"]["out"])
         if s == first and "reference" in R:
@@ -220,7 +228,7 @@ def main(argv=None) -> int:
         tokens = r["exact_b2"]["seq_len"]
         r["cost"] = forward_cost(cfg, tokens, r["exact_b2"]["noisy"]).__dict__
         if "ceilings" not in skip:
-            r["attn_tflops"] = {b: attention_tflops(dev, tokens, b) for b in ("cudnn", "flash")}
+            r["attn_tflops"] = {b: attention_tflops(dev, tokens, b) for b in ("cudnn", "flash", *(("fa4",) if fa4 else ()))}
     if "fp8" not in skip:
         R["optimize_fp8"] = optimize_dit(dit, dev, fp8=True).describe()
         for s in sizes:

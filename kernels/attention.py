@@ -4,9 +4,10 @@ Every attention in the model (self-attention, text cross-attention, per-frame au
 calls :func:`attention` with tensors laid out ``[B, L, H, D]``. ``parallel/`` swaps in sequence-
 parallel variants by replacing a module's ``attn_fn``.
 
-Backend choice. Per device, an order of torch SDPA backends is fixed once (cuDNN first on Hopper
-and newer, where it measured 585 against 363 TFLOP/s for flash at the DiT's shapes; flash first
-on older GPUs; torch's own dispatch on CPU) and logged. On a GPU, the first call with a new shape
+Backend choice. Per device, an order of backends is fixed once and logged: on Hopper and newer
+FlashAttention-4 (the ``flash-attn-4`` package's CuTe kernels, ``flash_attn.cute``) when it is
+installed, then torch's SDPA backends with cuDNN first (585 against 363 TFLOP/s for flash at the
+DiT's shapes); flash first on older GPUs; torch's own dispatch on CPU. On a GPU, the first call with a new shape
 (batch, query and key lengths, heads, head dim, dtype) runs each backend of that order on its
 own, keeps those that run *and* match the float32 reference on a slice of the queries, times
 them once more, and uses the fastest from then on (the plain math backend only when no fused one
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-BACKENDS = ("cudnn", "flash", "efficient", "math")
+BACKENDS = ("fa4", "cudnn", "flash", "efficient", "math")
+SDPA_BACKENDS = BACKENDS[1:]
 _SDPA_NAMES = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
                "math": "MATH"}
 DEFAULT = "default"  # torch's own dispatch, no per-shape check (what CPU uses)
@@ -66,9 +68,21 @@ def default_order(device: torch.device) -> tuple[tuple[str, ...], str]:
         return (DEFAULT,), f"{device.type}: torch's own SDPA dispatch"
     major, minor = torch.cuda.get_device_capability(device)
     name = torch.cuda.get_device_name(device)
-    if major >= 9 and torch.backends.cudnn.is_available():
-        return BACKENDS, f"{name} (sm{major}{minor}): cuDNN first (fastest measured on Hopper), flash as fallback"
-    return BACKENDS[1:], f"{name} (sm{major}{minor}): flash first"
+    if major >= 9:
+        fa4, why = fa4_status()
+        order = tuple(b for b in BACKENDS if (b != "fa4" or fa4) and (b != "cudnn" or torch.backends.cudnn.is_available()))
+        return order, (f"{name} (sm{major}{minor}): {'FA4 then ' if fa4 else ''}cuDNN first (fastest measured on "
+                       f"Hopper), flash as fallback; each shape autotuned" + ("" if fa4 else f"; FA4: {why}"))
+    return SDPA_BACKENDS[1:], f"{name} (sm{major}{minor}): flash first"
+
+
+def fa4_status() -> tuple[bool, str]:
+    """(usable, why) for FlashAttention-4's CuTe kernels (``pip install flash-attn-4``)."""
+    try:
+        from flash_attn.cute import flash_attn_func  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken CUDA / CuTe-DSL install
+        return False, f"flash_attn.cute not importable ({type(exc).__name__}: {str(exc)[:80]})"
+    return True, "flash_attn.cute"
 
 
 def choose_backend(device: torch.device | str) -> str:
@@ -86,14 +100,17 @@ def device_choice(device: torch.device | str) -> DeviceChoice:
     return _choices[key]
 
 
-def set_backend(device: torch.device | str, backend: str) -> None:
-    """Force one backend (or ``"default"``) for a device, e.g. to compare backends."""
-    if backend not in BACKENDS and backend != DEFAULT:
-        raise ValueError(f"unknown attention backend {backend!r}; expected one of {[*BACKENDS, DEFAULT]}")
+def set_backend(device: torch.device | str, backend: str | tuple[str, ...]) -> None:
+    """Force one backend (or ``"default"``), or an order of them that is autotuned per shape as
+    usual, for a device, e.g. to compare backends."""
+    order = (backend,) if isinstance(backend, str) else tuple(backend)
+    for b in order:
+        if b not in BACKENDS and b != DEFAULT:
+            raise ValueError(f"unknown attention backend {b!r}; expected one of {[*BACKENDS, DEFAULT]}")
     device = torch.device(device)
     key = _device_key(device)
-    _choices[key] = DeviceChoice((backend,), "set explicitly")
-    log.info("attention backend for %s set to %s", key, backend)
+    _choices[key] = DeviceChoice(order, "set explicitly")
+    log.info("attention backend for %s set to %s", key, " > ".join(order))
 
 
 def chosen_backends(with_timings: bool = False) -> dict[str, dict[str, str]]:
@@ -122,6 +139,11 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> to
 
 
 def _run(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    if backend == "fa4":
+        from flash_attn.cute import flash_attn_func
+
+        # FA4 takes and returns [B, L, H, D] (our layout: no transposes); it returns (out, lse).
+        return flash_attn_func(q, k, v)[0]
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if backend == DEFAULT:
         return F.scaled_dot_product_attention(qt, kt, vt).transpose(1, 2)
@@ -169,7 +191,7 @@ def _pick_for_shape(choice: DeviceChoice, key: tuple, q, k, v) -> tuple[str, tor
             break  # the unfused fallback only when nothing else works
         try:
             out = _run(backend, q, k, v)
-        except RuntimeError as exc:  # "No available kernel", cuDNN graph errors, out of memory, ...
+        except Exception as exc:  # "No available kernel", cuDNN graph errors, out of memory, FA4 asserts...
             tried.append(f"{backend}: {str(exc).splitlines()[0][:120]}")
             continue
         err = _verify(out, q, k, v)
