@@ -206,6 +206,9 @@ class ChainRenderer:
         self.device = torch.device(device)
         self.on_step = on_step
         self.progress = progress
+        if vae is not None and settings.decode_context_latents is None and vae.chunk_local:
+            log.info("VAE is chunk-local (all past temporal taps zero): motion clips decode 1 context "
+                     "latent instead of %d, same pixels", settings.motion_latent_frames)
 
     def initial_state(self, shot: ShotConditioning, first_clip: int = 0) -> ChainState:
         """``initial_chain_state`` on the writer; a state without pixels on the other ranks."""
@@ -279,6 +282,8 @@ class ChainRenderer:
             # caches before the new latents; decode_context_latents=k warms with the last k only
             # (output-changing option; None keeps the official full context).
             k = s.decode_context_latents
+            if k is None and self.vae.chunk_local:
+                k = 1  # the same pixels as the full context for a chunk-local VAE, 19x less decode
             context = motion_latents[0] if k is None else motion_latents[0][:, -k:]
             video = self.vae.decode(torch.cat([context, latents], dim=1).to(self.vae.dtype))
         else:

@@ -60,8 +60,16 @@ class CausalConv3d(nn.Conv3d):
         pad_t, pad_h, pad_w = _triple(padding)
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=(0, pad_h, pad_w))
         self.time_pad = 2 * pad_t
+        # Set (by render.vae.model.use_frame_local_convs) only when every past tap is zero: the
+        # conv is then a 2-D conv of each frame with the last tap, with no history to keep.
+        self.frame_local = False
 
     def forward(self, x: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
+        if self.frame_local:
+            b, c, t, h, w = x.shape
+            y = F.conv2d(x.transpose(1, 2).reshape(b * t, c, h, w), self.weight[:, :, -1], self.bias,
+                         self.stride[1:], self.padding[1:])
+            return y.reshape(b, t, *y.shape[1:]).transpose(1, 2)
         front = self.time_pad
         if cache is not None and front > 0:
             history = cache.get(self)

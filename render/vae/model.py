@@ -135,6 +135,46 @@ class WanVAEModel(nn.Module):
             yield self.decoder(self.conv2(z[:, :, i : i + 1]), cache)
 
 
+def past_temporal_taps(vae: WanVAEModel) -> list[tuple[nn.Parameter, slice]]:
+    """Every (conv weight, temporal-kernel slice) through which a frame sees earlier frames.
+
+    The 3-tap causal convs (kernel (3, k, k), taps t-2, t-1, t) see the past through taps 0 and 1;
+    the encoder's temporal downsampling conv (stride 2 over [last frame of the previous chunk,
+    chunk]) through tap 0 only, its taps 1 and 2 are the pair of frames it merges. With all of
+    these zero the VAE is *chunk-local*: latent i is encoded from frames 4i-3..4i alone and decodes
+    to the same 4 frames whatever came before (the first chunk, 1 frame, always takes its own path).
+    """
+    taps = []
+    for module in vae.modules():
+        if isinstance(module, Resample) and module.mode == "downsample3d":
+            taps.append((module.time_conv.weight, slice(0, 1)))
+        elif isinstance(module, CausalConv3d) and module.time_pad > 0:
+            taps.append((module.weight, slice(0, module.time_pad)))
+    return taps
+
+
+def is_chunk_local(vae: WanVAEModel) -> bool:
+    """True when every past temporal tap is exactly zero (see :func:`past_temporal_taps`): then
+    decoding a clip after any number of warm-up latents gives the same pixels as after one."""
+    taps = past_temporal_taps(vae)
+    if any(w.device.type == "meta" for w, _ in taps):
+        return False  # no weights yet
+    with torch.no_grad():
+        return all(not w[:, :, s].any() for w, s in taps)
+
+
+def use_frame_local_convs(vae: WanVAEModel) -> int:
+    """Run the 3-tap causal convs of a chunk-local VAE as per-frame 2-D convs (same values, a
+    third of the arithmetic, no stream history). Returns how many convs switched; raises if the
+    VAE is not chunk-local (the 2-D conv would drop the past taps' contribution)."""
+    if not is_chunk_local(vae):
+        raise ValueError("use_frame_local_convs: the VAE has non-zero past temporal taps")
+    convs = [m for m in vae.modules() if isinstance(m, CausalConv3d) and m.time_pad > 0 and m.stride[0] == 1]
+    for conv in convs:
+        conv.frame_local = True
+    return len(convs)
+
+
 def build_vae_skeleton(dim: int = 96) -> WanVAEModel:
     """The VAE with release hyper-parameters and base width ``dim``, on the meta device (no memory)."""
     with torch.device("meta"):

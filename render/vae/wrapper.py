@@ -14,7 +14,14 @@ import torch
 
 from render.checkpoint_keys import key_mismatches, short_list
 from render.config import CheckpointError
-from render.vae.model import FRAMES_PER_LATENT, SPATIAL_FACTOR, WanVAEModel, build_vae_skeleton
+from render.vae.model import (
+    FRAMES_PER_LATENT,
+    SPATIAL_FACTOR,
+    WanVAEModel,
+    build_vae_skeleton,
+    is_chunk_local,
+    use_frame_local_convs,
+)
 
 # Per-channel latent statistics of the Wan2.1 VAE (constants of the official wrapper, not stored
 # in the checkpoint).
@@ -40,6 +47,19 @@ class WanVAE:
         self.mean = torch.tensor(LATENT_MEAN, dtype=torch.float32, device=device)
         # Official: scale = [mean, 1.0 / std], the reciprocal taken in float32.
         self.inv_std = (1.0 / torch.tensor(LATENT_STD, dtype=torch.float32)).to(device)
+        if device.type != "meta":
+            self.chunk_local  # noqa: B018 - decide once, and switch such a VAE to its 2-D convs
+
+    @property
+    def chunk_local(self) -> bool:
+        """Whether each latent decodes independently of the latents before it (all past temporal
+        taps zero, as in the bundled tiny model; never the release VAE). Checked once; such a VAE
+        then runs its 3-tap causal convs as per-frame 2-D convs (same values, 1/3 of the work)."""
+        if not hasattr(self, "_chunk_local"):
+            self._chunk_local = is_chunk_local(self.model)
+            if self._chunk_local:
+                use_frame_local_convs(self.model)
+        return self._chunk_local
 
     @property
     def device(self) -> torch.device:

@@ -64,3 +64,15 @@ def test_vae_only_run_writes_a_normalised_vae(tmp_path):
         z = vae.encode(snippets(np.random.default_rng(1), 1, 37, 64, "cpu")[0])
     # Folded on generated clips: the official wrapper's normalisation gives roughly unit latents.
     assert 0.3 < float(z.std()) < 3.0
+    # Trained chunk-local by default (the Adam steps left the masked taps at exactly 0), and the
+    # per-16-frame PSNR the log prints is then flat by construction.
+    assert vae.chunk_local
+
+
+def test_vae_temporal_option_trains_the_past_taps(tmp_path):
+    from render.vae import load_vae
+    from tinymodel.train import main
+
+    main(["--out", str(tmp_path), "--smoke", "--vae-only", "--vae-temporal", "--device", "cpu", "--size", "64",
+          "--minutes", "30", "--vae-pool", "4", "--vae-batch", "2"])
+    assert not load_vae(tmp_path / VAE_FILE).chunk_local
