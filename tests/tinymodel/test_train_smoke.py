@@ -56,7 +56,7 @@ def test_vae_only_run_writes_a_normalised_vae(tmp_path):
     from tinymodel.train import main, snippets
 
     metrics = main(["--out", str(tmp_path), "--smoke", "--vae-only", "--device", "cpu", "--size", "64",
-                    "--minutes", "30", "--vae-pool", "4", "--vae-batch", "2"])
+                    "--minutes", "30", "--vae-pool", "4", "--vae-batch", "2", "--vae-bf16"])
     assert metrics["vae_steps"] >= 1 and len(metrics["vae_psnr_per_16_frames"]) >= 1
     assert not (tmp_path / "ckpt").exists()  # no DiT stage
     vae = load_vae(tmp_path / VAE_FILE)
