@@ -18,7 +18,8 @@ def render(R: dict, steps: int, frames_per_clip: int, fps: int) -> str:
         f"cuDNN {R['cudnn']}, Triton {R['triton']}; {R['layers']} blocks, random weights; "
         f"median of {R['repeats']} timed calls after a warm-up.",
         "",
-        f"Ours: `{R.get('optimize', '')}`" + (f"; fp8: `{R['optimize_fp8']}`" if "optimize_fp8" in R else ""),
+        f"Ours: `{R.get('optimize', '')}`" + (f"; fp8: `{R['optimize_fp8']}`" if "optimize_fp8" in R else "")
+        + (f"; fp8 attention: {R['fp8_attention']}" if "fp8_attention" in R else ""),
         "",
         "## Ceilings (same run)",
         "",
@@ -36,9 +37,9 @@ def render(R: dict, steps: int, frames_per_clip: int, fps: int) -> str:
         "## Seconds per forward (one sample; CFG runs cond + uncond as one batch of 2 = 2 forwards)",
         "",
         "| size | tokens | official | ours exact (CFG batch 2) | ours exact, SDPA attention only (batch 2) "
-        "| ours exact (batch 1) | ours fp8 (batch 2) "
+        "| ours exact (batch 1) | ours fp8 (batch 2) | ours fp8 + fp8 attention (batch 2) "
         "| floor bf16 | floor fp8 | exact − floor | MFU exact / fp8 | peak GiB official / exact / fp8 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for size, r in R["sizes"].items():
         c = r["cost"]
@@ -53,7 +54,8 @@ def render(R: dict, steps: int, frames_per_clip: int, fps: int) -> str:
         lines.append(
             f"| {size} | {c['tokens']} | {_f(off.get('s_per_forward'))} | {_f(ex)} | "
             f"{_f(r.get('exact_b2_sdpa', {}).get('s_per_forward'))} | "
-            f"{_f(r.get('exact_b1', {}).get('s_per_forward'))} | {_f(f8)} | {_f(floor)} | {_f(floor8)} | "
+            f"{_f(r.get('exact_b1', {}).get('s_per_forward'))} | {_f(f8)} | "
+            f"{_f(r.get('fp8attn_b2', {}).get('s_per_forward'))} | {_f(floor)} | {_f(floor8)} | "
             f"{_f(None if floor is None else ex - floor)} | "
             f"{_f(mfu(ex), '{:.0%}')} / {_f(mfu(f8), '{:.0%}')} | {_f(off.get('peak_gib'), '{:.1f}')} / "
             f"{_f(r['exact_b2']['peak_gib'], '{:.1f}')} / {_f(r.get('fp8_b2', {}).get('peak_gib'), '{:.1f}')} |")
@@ -71,6 +73,11 @@ def render(R: dict, steps: int, frames_per_clip: int, fps: int) -> str:
         if "exact_fa4_vs_sdpa_rel_err" in r:
             lines.append(f"| {size} | exact with FA4 vs with SDPA (cuDNN) attention, flow prediction, rel L2 | "
                          f"{r['exact_fa4_vs_sdpa_rel_err']:.2e} |")
+        if "fp8attn_flow_rel_err" in r:
+            lines.append(f"| {size} | fp8 linears + fp8 attention vs exact, flow prediction, rel L2 | "
+                         f"{r['fp8attn_flow_rel_err']:.2e} |")
+            lines.append(f"| {size} | fp8 linears + fp8 attention vs exact, x0 = x − σv, PSNR | "
+                         f"{r['fp8attn_x0_psnr_db']:.1f} dB |")
         if "fp8_flow_rel_err" in r:
             lines.append(f"| {size} | fp8 vs exact, flow prediction, rel L2 | {r['fp8_flow_rel_err']:.2e} |")
             lines.append(f"| {size} | fp8 vs exact, flow prediction, PSNR (peak = range of the exact one) | "

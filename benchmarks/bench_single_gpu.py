@@ -56,7 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--official-repo", default=None, help="local Wan2.2 checkout for the official numbers")
     p.add_argument("--repeats", type=int, default=2, help="timed forwards per configuration (after 1 warm-up)")
     p.add_argument("--layers", type=int, default=None, help="fewer DiT blocks, for a quick check of the script")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: reference,fp8,official,vae,ceilings")
+    p.add_argument("--skip", default="",
+                   help="comma list of parts to skip: reference,fp8,fp8attn,official,vae,ceilings")
     p.add_argument("--out-dir", default=None, help="folder for results.json and results.md")
     p.add_argument("--device", default="cuda")
     p.add_argument("--profile", action="store_true", help="kernel-time breakdown of one forward per mode")
@@ -242,6 +243,27 @@ def main(argv=None) -> int:
             r["fp8_flow_psnr_db"] = psnr(v_fp8, v_exact)
         if args.profile and dev.type == "cuda":
             R["profile_fp8_b2"] = profile_forward(dit, inputs[first], 2, _out(args, "profile_fp8_b2.txt"))
+        # fp8 linears + the self-attention in fp8 (cuDNN), where nvidia-cudnn-frontend is installed.
+        from kernels.fp8_attention import cudnn_fp8_status
+
+        ok, why = cudnn_fp8_status(dev)
+        R["fp8_attention"] = why
+        if ok and "fp8attn" not in skip:
+            try:
+                R["optimize_fp8_attention"] = optimize_dit(dit, dev, fp8_attention=True).describe()
+            except ValueError as exc:
+                R["fp8_attention"] = f"failed: {exc}"
+            else:
+                for s in sizes:
+                    r = R["sizes"][f"{s[0]}x{s[1]}"]
+                    r["fp8attn_b2"] = measure_ours(dit, inputs[s], 2, args.repeats)
+                    v_exact, v8 = r["exact_b2"]["out"], r["fp8attn_b2"]["out"]
+                    sigma = float(inputs[s]["t"]) / 1000
+                    x = inputs[s]["x"].float().cpu()
+                    r["fp8attn_flow_rel_err"] = relative_error(v8, v_exact)
+                    r["fp8attn_x0_psnr_db"] = psnr(x - sigma * v8, x - sigma * v_exact)
+                if args.profile:
+                    R["profile_fp8attn_b2"] = profile_forward(dit, inputs[first], 2, _out(args, "profile_fp8attn_b2.txt"))
     R["attention_choices"] = attention.chosen_backends(with_timings=True)
     _save(R, args)
     del dit

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# FlashAttention-4 (flash-attn-4, CuTe DSL kernels) for the GPU machines, which have no package
-# registry. Its CUDA-13 compiler library alone is 92 MB as a wheel, more than one device call may
-# carry (64 MiB with the repo), so it travels in two parts that a warm machine stages in /tmp.
+# FlashAttention-4 (flash-attn-4, CuTe DSL kernels) and cuDNN's Python frontend (fp8 attention) for
+# the GPU machines, which have no package registry. The CUDA-13 CuTe compiler library alone is 92 MB
+# as a wheel, more than one device call may carry (64 MiB with the repo), so the wheels travel in
+# parts that a warm machine stages in /tmp (any call may stage any part; install once all are there).
 #
-#   here:    bash benchmarks/fa4_carry.sh prepare            # -> .fa4a/ (~32 MB) and .fa4b/ (~50 MB)
+#   here:    bash benchmarks/fa4_carry.sh prepare            # -> .fa4a/ (~32 MB), .fa4b/ (~50 MB),
+#                                                            #    .fa4c/ (~12 MB, nvidia-cudnn-frontend)
 #   device:  bash benchmarks/fa4_carry.sh stage .fa4a        # call 1 (carry .fa4a)
 #            bash benchmarks/fa4_carry.sh stage .fa4b        # call 2 on the same warm machine (carry .fa4b)
+#            bash benchmarks/fa4_carry.sh stage .fa4c        # with either (optional: fp8 attention)
 #            bash benchmarks/fa4_carry.sh install /tmp/site  # once both are staged; then
 #            export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:$PWD
 #
@@ -27,14 +30,16 @@ prepare)
      nvidia-cutlass-dsl-libs-core==$CUT nvidia-cutlass-dsl-libs-cu13==$CUT quack-kernels==0.6.5 \
      apache-tvm-ffi==0.1.15.post2 torch-c-dlpack-ext==0.1.5 einops==0.8.1 cuda-bindings==13.5.0 \
      cuda-pathfinder==1.9.1
-  rm -rf .fa4a .fa4b && mkdir -p .fa4a .fa4b
+  rm -rf .fa4a .fa4b .fa4c && mkdir -p .fa4a .fa4b .fa4c
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 -d .fa4c nvidia-cudnn-frontend==1.32.0
   for w in "$tmp"/*.whl; do case "$w" in *libs_cu13*) ;; *) cp "$w" .fa4a/ ;; esac; done
   mkdir "$tmp/cu13" && (cd "$tmp/cu13" && python3 -m zipfile -e "$tmp"/nvidia_cutlass_dsl_libs_cu13-*.whl .)
   xz -9 -T2 -c "$tmp/cu13/$RT" > .fa4a/rt.xz
   xz -9 -T2 -c "$tmp/cu13/$IR" > .fa4b/ir.xz
   (cd "$tmp/cu13" && rm "$RT" "$IR" && tar -cf - .) > .fa4a/cu13_rest.tar
   rm -rf "$tmp"
-  du -sh .fa4a .fa4b ;;
+  du -sh .fa4a .fa4b .fa4c ;;
 stage)
   mkdir -p "$STAGE" && cp "$2"/* "$STAGE"/ && ls "$STAGE" ;;
 install)

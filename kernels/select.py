@@ -38,10 +38,12 @@ class OptimizationReport:
     attention: str
     glue: str
     fp8: str
+    fp8_attention: str = "off"
     notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        return f"{self.device}: attention {self.attention}; glue {self.glue}; fp8 linears {self.fp8}"
+        text = f"{self.device}: attention {self.attention}; glue {self.glue}; fp8 linears {self.fp8}"
+        return text + (f"; fp8 self-attention {self.fp8_attention}" if self.fp8_attention != "off" else "")
 
 
 def _attention_modules(dit: nn.Module) -> list[nn.Module]:
@@ -76,8 +78,12 @@ def _glue_self_test(device: torch.device) -> str | None:
     return ", ".join(problems) + " disagree with the torch reference" if problems else None
 
 
-def optimize_dit(dit: nn.Module, device: torch.device | str | None = None, fp8: bool = False) -> OptimizationReport:
-    """Install the kernels chosen for ``device`` (default: where the DiT's weights are) on ``dit``."""
+def optimize_dit(dit: nn.Module, device: torch.device | str | None = None, fp8: bool = False,
+                 fp8_attention: bool = False) -> OptimizationReport:
+    """Install the kernels chosen for ``device`` (default: where the DiT's weights are) on ``dit``.
+
+    ``fp8_attention``: the self-attention through cuDNN's fp8 flash attention (sm90+, needs
+    nvidia-cudnn-frontend; on CPU its float32 model, for error measurements); changes numbers."""
     device = torch.device(device) if device is not None else dit.patch_embedding.weight.device
     attention.choose_backend(device)
     att = attention.device_choice(device)
@@ -96,6 +102,8 @@ def optimize_dit(dit: nn.Module, device: torch.device | str | None = None, fp8: 
             report.glue = f"torch reference ({problem})"
     if fp8:
         report.fp8 = _install_fp8(dit, device, report)
+    if fp8_attention:
+        report.fp8_attention = _install_fp8_attention(dit, device)
     log.info("optimize_dit: %s", report.describe())
     return report
 
@@ -125,3 +133,23 @@ def _install_fp8(dit: nn.Module, device: torch.device, report: OptimizationRepor
         report.notes.append("fp8 on CPU runs the dequantised float32 reference (for error measurements)")
     total = sum(1 for m in dit.modules() if isinstance(m, FP8Linear))
     return f"{n} layers converted ({total} in the model; per-channel weight, per-token activation scales)"
+
+
+def _install_fp8_attention(dit: nn.Module, device: torch.device) -> str:
+    """Swap every block's self-attention for the fp8 one, after checking it on a small shape."""
+    from .fp8_attention import Fp8SelfAttention, cudnn_fp8_status, fp8_attention_reference
+
+    if device.type != "cuda":
+        dit.set_attention(self_attn=Fp8SelfAttention(reference_ok=True))
+        return "float32 model of cuDNN's fp8 attention (CPU: for error measurements)"
+    ok, why = cudnn_fp8_status(device)
+    if not ok:
+        raise ValueError(f"fp8 attention is not available: {why}; run without it, or pip install nvidia-cudnn-frontend")
+    attn = Fp8SelfAttention()
+    g = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(1, 256, 2, 128, generator=g, device=device).bfloat16() for _ in range(3))
+    err = attention.relative_error(attn(q, k, v), fp8_attention_reference(q, k, v))
+    if not err < 5e-2:
+        raise ValueError(f"fp8 attention: cuDNN disagrees with its float32 model (rel err {err:.2e}); run without it")
+    dit.set_attention(self_attn=attn)
+    return f"cuDNN fp8 SDPA ({why}; self-test rel err {err:.1e} against its float32 model)"

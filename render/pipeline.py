@@ -93,7 +93,7 @@ class S2VPipeline:
 
     def __init__(self, ckpt_dir: str | Path, device: str | torch.device = "cpu",
                  dtype: torch.dtype | None = None, vae_dtype: torch.dtype = torch.float32,
-                 fp8: bool = False):
+                 fp8: bool = False, fp8_attention: bool = False):
         self.ckpt = check_checkpoint_folder(ckpt_dir)
         self.device = torch.device(device)
         if dtype is None:
@@ -101,6 +101,7 @@ class S2VPipeline:
         self.dtype = dtype
         self.vae_dtype = vae_dtype
         self.fp8 = fp8  # opt-in fp8 e4m3 linears (GPU, sm89+); changes numbers, see kernels/fp8.py
+        self.fp8_attention = fp8_attention  # opt-in fp8 self-attention (cuDNN, sm90+); kernels/fp8_attention.py
         self._dit = self._vae = self._w2v = None
         self._prompt_cache: dict[str, torch.Tensor] = {}
 
@@ -110,7 +111,7 @@ class S2VPipeline:
             dit = load_dit(self.ckpt, device=self.device, dtype=self.dtype)
             # Attention backend, fused glue kernels (GPU) and optional fp8, chosen once and logged;
             # on the CPU this keeps the torch reference path.
-            optimize_dit(dit, self.device, fp8=self.fp8)
+            optimize_dit(dit, self.device, fp8=self.fp8, fp8_attention=self.fp8_attention)
             self._dit = dit
         return self._dit
 

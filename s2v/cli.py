@@ -36,6 +36,9 @@ def _add_render_options(p: argparse.ArgumentParser) -> None:
                    help="VAE precision; official fp32. bf16 halves VAE time on GPU (rel. error ~2e-2)")
     p.add_argument("--fp8", action="store_true",
                    help="fp8 e4m3 linear layers (GPU sm89+): ~9%% faster, changes numbers (rel. error ~4e-2)")
+    p.add_argument("--fp8-attention", action="store_true",
+                   help="self-attention through cuDNN's fp8 flash attention (GPU sm90+, needs "
+                        "nvidia-cudnn-frontend); changes numbers, see benchmarks/results/single_gpu.md")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -76,10 +79,12 @@ def cmd_render_shot(a: argparse.Namespace) -> int:
     device = _device(a.device)
     if a.fp8 and not device.startswith("cuda"):
         raise ValueError("--fp8 needs a CUDA device (sm89 or newer)")
+    if a.fp8_attention and not device.startswith("cuda"):
+        raise ValueError("--fp8-attention needs a CUDA device (sm90 or newer)")
     import torch
 
     vae_dtype = torch.bfloat16 if a.vae_dtype == "bf16" else torch.float32
-    pipe = S2VPipeline(a.ckpt, device=device, fp8=a.fp8, vae_dtype=vae_dtype)
+    pipe = S2VPipeline(a.ckpt, device=device, fp8=a.fp8, fp8_attention=a.fp8_attention, vae_dtype=vae_dtype)
     from render.cli_segments import segment_options
 
     r = render_shot(pipe, a.audio, a.image, a.prompt, a.out, settings, progress=not a.quiet,

@@ -99,6 +99,8 @@ def _cli(tiny_ckpt, audio, image, out, *extra):
         (["--seed", str(2**32)], "seed=4294967296"),
         (["--size", "banana"], "invalid size 'banana'"),
         (["--size", "10*10"], "below the minimum"),
+        (["--device", "cpu", "--fp8"], "--fp8 needs a CUDA device"),
+        (["--device", "cpu", "--fp8-attention"], "--fp8-attention needs a CUDA device"),
     ],
 )
 def test_cli_rejects_bad_values_without_output(tiny_ckpt, demo_media, tmp_path, capsys, extra, needle):
