@@ -73,7 +73,8 @@ class GroupSlot:
 
 class RunEngine:
     def __init__(self, run: RunDir, run_id: str, shots: list[Shot], settings: RunSettings, engine: EngineOptions,
-                 slot_resource: str, *, retry_failed: bool = False, stop: Event | None = None):
+                 slot_resource: str, *, retry_failed: bool = False, stop: Event | None = None,
+                 lease_token: str | None = None):
         self.run, self.run_id, self.settings, self.opts = run, run_id, settings, engine
         self.shots = {s.shot_id: s for s in shots}
         self.order = [s.shot_id for s in shots]
@@ -81,7 +82,7 @@ class RunEngine:
         self.stop = stop or Event()
         self.spec = GroupSpec(str(run.path), run_id, settings.to_dict(), engine.group_size, slot_resource,
                               engine.collective_timeout_s, engine.group_start_timeout_s, engine.cpu_threads_per_rank,
-                              engine.parallel, engine.handoff_timeout_s)
+                              engine.parallel, engine.handoff_timeout_s, lease_token)
         self.layouts: dict[str, ShotLayout] = {}
         self.status: dict[str, ShotStatus] = {}
         self.queue = SegmentQueue()

@@ -48,6 +48,7 @@ class GroupSpec:
     cpu_threads: int
     parallel: str = "auto"
     handoff_timeout_s: float = 600.0  # the writer's hand-off group (parallel.chain_sync)
+    lease_token: str | None = None  # the driver's lease: ranks check it before every commit
 
 
 @dataclass
@@ -133,7 +134,7 @@ def form_group(spec: GroupSpec, name: str, generation: int, excluded: set[str]) 
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank),
                 **_actor_options(spec.slot_resource),
             ).remote(spec.run_dir, spec.settings, spec.run_id, name, rank, spec.size, device_kind,
-                     spec.cpu_threads))
+                     spec.cpu_threads, spec.lease_token))
         store = f"{spec.run_id}-{label}-{secrets.token_hex(4)}"
         infos = ray.get([a.setup.remote(store, spec.collective_timeout_s, spec.parallel, spec.handoff_timeout_s)
                          for a in actors], timeout=spec.start_timeout_s)

@@ -10,7 +10,8 @@ Two mechanisms, because run directories live on shared storage:
   when the heartbeat is older than ``stale_after`` heartbeats.
 
 A second start while the lease is held raises ``LeaseHeld`` (``s2v run`` exits 4) before it
-touches anything else in the run directory.
+touches anything else in the run directory. Ranks fence their commits with the token
+(:func:`check_fence`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,25 @@ class LeaseInfo:
 
     def describe(self) -> str:
         return f"pid {self.pid} on {self.host}, last heartbeat {self.age_s():.1f} s ago"
+
+
+class LeaseLost(RuntimeError):
+    """The run directory's lease belongs to another run now: this run's ranks must not commit."""
+
+
+def check_fence(run_dir: str | Path, token: str) -> None:
+    """Raise :class:`LeaseLost` unless ``lease.json`` still names ``token``.
+
+    Ranks call this right before every commit into the run directory (clip files, segment state
+    and records): a rank orphaned by a driver that died, or whose run was taken over as stale,
+    stops at its next commit instead of writing beside the new run (the window left is the one
+    between this read and the rename that follows it).
+    """
+    info = read_lease(run_dir)
+    if info is None or info.token != token:
+        holder = "nobody (the lease file is gone)" if info is None else info.describe()
+        raise LeaseLost(f"{run_dir}: the lease is held by {holder}, not by this rank's run (token {token}); "
+                        "not committing")
 
 
 def read_lease(run_dir: str | Path) -> LeaseInfo | None:

@@ -65,7 +65,7 @@ class RankWorker:
     """Wrapped with ``ray.remote`` by ``cluster.group`` (actors must live in a package module)."""
 
     def __init__(self, run_dir: str, settings: dict[str, Any], run_id: str, group: str, rank: int,
-                 world_size: int, device_kind: str, cpu_threads: int):
+                 world_size: int, device_kind: str, cpu_threads: int, lease_token: str | None = None):
         from cluster.ledger import RunDir
         from cluster.settings import RunSettings
 
@@ -74,6 +74,7 @@ class RankWorker:
         self.run_id, self.group, self.rank, self.world = run_id, group, rank, world_size
         self.device_kind = device_kind
         self.cpu_threads = cpu_threads
+        self.lease_token = lease_token  # None: no fencing (tests that drive a rank without a run)
         self.pipe = None
         self.parallel_note = "not set up"
         self._cond_cache: tuple[tuple[str, int], Any] | None = None
@@ -210,7 +211,7 @@ class RankWorker:
                 cond = self._conditioning(shot, layout, index, settings)
                 outcome = render_segment(self.pipe, cond, layout, index, settings, work_dir, sync=self.sync,
                                          on_clip=lambda clip: timer.clip_done(settings.infer_frames),
-                                         on_step=timer.on_step)
+                                         on_step=timer.on_step, before_commit=self._fence)
             except Exception as exc:
                 if self.sync is not None:
                     from parallel import ChainSyncError
@@ -219,6 +220,7 @@ class RankWorker:
                         raise GroupCommError(f"rank {self.rank} of group {self.group}: {exc}") from exc
                 raise
             if self.rank == 0:
+                self._fence()
                 atomic_write_json(self.run.segment_record(shot.shot_id, index), {
                     "shot_id": shot.shot_id, "index": index, "frames": outcome.frames, "attempt": attempt,
                     "clips": layout.segments[index].num_clips, "clips_rendered": outcome.clips_rendered,
@@ -237,6 +239,13 @@ class RankWorker:
             if handler is not None:
                 logging.getLogger().removeHandler(handler)
                 handler.close()
+
+    def _fence(self) -> None:
+        """Before every commit: stop if this rank's run no longer holds the run directory's lease."""
+        if self.lease_token is not None:
+            from cluster.lease import check_fence
+
+            check_fence(self.run.path, self.lease_token)
 
     def _attach_log(self, shot_id: str, attempt: int) -> logging.Handler:
         path = self.run.attempt_log(shot_id, attempt)

@@ -158,7 +158,8 @@ def group_conditioning(sync: ChainSync | None, make: Callable[[], ShotConditioni
 
 def render_segment(pipe: Any, cond: ShotConditioning, layout: ShotLayout, index: int, settings: RenderSettings,
                    work_dir: Path, *, sync: ChainSync | None = None, on_clip: ClipDone | None = None,
-                   on_step: StepCallback | None = None) -> SegmentOutcome:
+                   on_step: StepCallback | None = None,
+                   before_commit: Callable[[], None] | None = None) -> SegmentOutcome:
     """Render (or resume) segment ``index`` into ``work_dir``.
 
     In a group every rank calls this with the group's ``sync``: the writer renders, writes and
@@ -174,7 +175,8 @@ def render_segment(pipe: Any, cond: ShotConditioning, layout: ShotLayout, index:
             on_clip(clip)
 
     renderer = pipe.chain_renderer(settings, on_step=on_step, progress=False, sync=sync)
-    seg_dir = render_segment_files(renderer, cond, layout.plan, index, settings, Path(work_dir), on_clip=clip_done)
+    seg_dir = render_segment_files(renderer, cond, layout.plan, index, settings, Path(work_dir), on_clip=clip_done,
+                                   before_commit=before_commit)
     record = (read_record(seg_dir) if seg_dir is not None else None) or {}
     first = seen[0] if seen else layout.segments[index].num_clips
     return SegmentOutcome(len(seen), first, int(record.get("frames", 0)), time.time() - t0)

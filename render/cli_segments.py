@@ -74,7 +74,12 @@ def cmd_qa(a: argparse.Namespace) -> int:
     if a.json_out:
         Path(a.json_out).write_text(text)
     inside = rep["inside"]
-    print(f"inside clips: p50 {inside['p50']:.3f}  p95 {inside['p95']:.3f}  (mean |dRGB| per frame pair)")
+    print(f"inside clips: p50 {inside['p50']:.3f}  p95 {inside['p95']:.3f}  p99 {inside['p99']:.3f}  "
+          "(mean |dRGB| per frame pair)")
+    if rep["clip_boundaries"]:
+        worst = max(rep["clip_boundaries"], key=lambda b: b["value"])
+        print(f"clip seams: {len(rep['clip_boundaries'])}, largest {worst['value']:.3f} at frame {worst['frame']}"
+              + (f" ({worst['value'] / inside['p99']:.2f}x p99)" if inside["p99"] > 0 else ""))
     for j in rep["joins"]:
         print(f"join {j['index']} at frame {j['frame']}: {j['value']:.3f}  ({j['ratio_p95']}x p95)")
     for k, s in enumerate(rep["colour"]["segments"]):

@@ -153,11 +153,11 @@ def seam_report(frames: Iterable[np.ndarray], plan: SegmentPlan, reference_rgb: 
                 inside.append(d)
         prev = frame
     arr = np.asarray(inside) if inside else np.zeros(1)
-    p50, p95 = float(np.percentile(arr, 50)), float(np.percentile(arr, 95))
+    p50, p95, p99 = (float(np.percentile(arr, q)) for q in (50, 95, 99))
     report = {
         "frames": n,
-        "inside": {"p50": round(p50, 4), "p95": round(p95, 4), "max": round(float(arr.max()), 4),
-                   "pairs": len(inside)},
+        "inside": {"p50": round(p50, 4), "p95": round(p95, 4), "p99": round(p99, 4),
+                   "max": round(float(arr.max()), 4), "pairs": len(inside)},
         "clip_boundaries": boundaries,
         "joins": [{"index": k + 1, "frame": join_ranges[k][0], "overlap": join_ranges[k][1] - join_ranges[k][0],
                    "value": round(v, 4), "ratio_p95": round(v / p95, 3) if p95 > 0 else None}

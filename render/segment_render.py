@@ -249,7 +249,8 @@ def _as_renderer(pipe_or_renderer, settings: RenderSettings) -> ChainRenderer:
 
 def render_segment(pipe_or_renderer, shot: ShotConditioning, plan: SegmentPlan, index: int,
                    settings: RenderSettings, work_dir: str | Path, on_clip: OnClip | None = None, *,
-                   restart: bool = False, intermediate_crf: int = INTERMEDIATE_CRF) -> Path | None:
+                   restart: bool = False, intermediate_crf: int = INTERMEDIATE_CRF,
+                   before_commit: Callable[[], None] | None = None) -> Path | None:
     """Render (or resume, or find finished) segment ``index``; returns its folder once committed.
 
     ``shot``: conditioning whose audio covers the segment (``segment_conditioning``, or a whole
@@ -260,7 +261,10 @@ def render_segment(pipe_or_renderer, shot: ShotConditioning, plan: SegmentPlan, 
     arguments. The writer alone reads and writes the folder; it tells the others the clip the
     segment resumes at, and they sample the same clips, write nothing and return None.
     ``on_clip`` runs on every rank after each clip (on the writer once the clip is committed).
+    ``before_commit`` runs on the writer right before each clip file, state and the record are
+    written; raising there (a lost lease) leaves the folder as it was after the last commit.
     """
+    fence = before_commit or (lambda: None)
     settings.validate()
     if not 0 <= index < len(plan.segments):
         raise IndexError(f"segment index {index} outside 0..{len(plan.segments) - 1}")
@@ -307,6 +311,7 @@ def render_segment(pipe_or_renderer, shot: ShotConditioning, plan: SegmentPlan, 
         if take <= 0:
             raise RuntimeError(f"segment {index}: clip {c} adds no frame (plan has too many clips)")
         path = clip_file(seg_dir, c)
+        fence()
         digest = _write_clip(path, frames[:, :take], shot.width, shot.height, settings.fps, intermediate_crf)
         last = c + 1 == seg.num_clips
         meta["clips"].append({"clip": c, "file": path.name, "frames": take, "sha256": digest,
@@ -318,6 +323,7 @@ def render_segment(pipe_or_renderer, shot: ShotConditioning, plan: SegmentPlan, 
                        "written": meta["written"], "wall_s": meta["wall_s"] + time.time() - t0,
                        "motion_latents": nxt.motion_latents,
                        "motion_tail": nxt.motion_pixels[:, nxt.motion_pixels.shape[1] - tail_frames:].clone()}
+            fence()
             _save_state(seg_dir, payload)
         state = nxt
         if on_clip is not None:
@@ -327,6 +333,7 @@ def render_segment(pipe_or_renderer, shot: ShotConditioning, plan: SegmentPlan, 
     rec = {"version": RECORD_VERSION, "fingerprint": fingerprint, "segment": seg.to_dict(),
            "fps": settings.fps, "width": shot.width, "height": shot.height, "frames": meta["written"],
            "clips": meta["clips"], "wall_s": round(meta["wall_s"] + time.time() - t0, 3)}
+    fence()
     _write_durably(seg_dir / RECORD_FILE, lambda tmp: tmp.write_text(json.dumps(rec, indent=1)))
     (seg_dir / STATE_FILE).unlink(missing_ok=True)
     return seg_dir

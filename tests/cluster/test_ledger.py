@@ -17,7 +17,7 @@ import pytest
 from cluster import exit_codes as ec
 from cluster.driver import _prepare_run_dir, load_shots, run
 from cluster.fingerprint import changed_parts, compute_fingerprint
-from cluster.lease import LEASE_FILE, Lease, LeaseHeld, read_lease
+from cluster.lease import LEASE_FILE, Lease, LeaseHeld, LeaseLost, check_fence, read_lease
 from cluster.ledger import Failure, RunDir, ShotStatus
 from cluster.scheduler import (
     ERROR,
@@ -292,3 +292,31 @@ def test_stale_group_stores_are_swept(tmp_path, monkeypatch):
     os.utime(other, (past, past))
     assert sweep_stale_stores() == 1
     assert not old.exists() and fresh.exists() and other.exists()
+
+
+def test_commit_fence_passes_only_for_the_lease_holders_token(tmp_path):
+    with Lease(tmp_path) as lease:
+        check_fence(tmp_path, lease.token)  # the holder's ranks commit
+        with pytest.raises(LeaseLost, match="not by this rank's run") as exc:
+            check_fence(tmp_path, "0123456789abcdef")  # a rank of an earlier (dead or stale) run
+        assert socket.gethostname() in str(exc.value) and "0123456789abcdef" in str(exc.value)
+    with pytest.raises(LeaseLost, match="lease file is gone"):
+        check_fence(tmp_path, lease.token)  # released: nobody may commit any more
+
+
+def test_the_engine_hands_its_lease_token_to_every_rank_which_checks_it(tmp_path):
+    from cluster.engine import RunEngine
+    from cluster.rank import RankWorker
+    from cluster.settings import EngineOptions, RunSettings
+
+    settings = RunSettings(ckpt=str(tmp_path / "ckpt"))
+    run = RunDir(tmp_path / "run")
+    engine = RunEngine(run, "r1", [], settings, EngineOptions(), "CPU", lease_token="feedfacecafebeef")
+    assert engine.spec.lease_token == "feedfacecafebeef"
+    with Lease(run.path) as lease:
+        mine = RankWorker(str(run.path), settings.to_dict(), "r1", "g0", 0, 1, "cpu", 1, lease.token)
+        mine._fence()  # the holder's rank may commit
+        orphan = RankWorker(str(run.path), settings.to_dict(), "r0", "g0", 0, 1, "cpu", 1, engine.spec.lease_token)
+        with pytest.raises(LeaseLost):
+            orphan._fence()
+        RankWorker(str(run.path), settings.to_dict(), "r0", "g0", 0, 1, "cpu", 1)._fence()  # no token: no fencing

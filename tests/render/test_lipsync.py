@@ -222,6 +222,7 @@ def test_qa_lipsync_against_the_videos_own_audio(speaking_mp4, tmp_path, capsys)
     assert main(["qa", str(video), "--lipsync", "--json-out", str(tmp_path / "qa.json")]) == 0
     out = capsys.readouterr().out
     assert "lip-sync: corr" in out and "tiny-model characters only" in out
+    assert "p99" in out and "clip seams: 1, largest" in out  # 96 frames = clips of 80 + 16
     rep = json.loads((tmp_path / "qa.json").read_text())
     ls = rep["lipsync"]
     assert ls["corr"] >= 0.8 and ls["lag"] == 0 and ls["frames"] == 96

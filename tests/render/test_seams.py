@@ -101,5 +101,5 @@ def test_frame_change_and_single_segment_report():
     plan = SegmentPlan("sequential", 16, 40, 2.5, (SegmentSpec(0, 0, 40, 0, 3),), infer_frames=16)
     frames = [np.full((4, 4, 3), i, np.uint8) for i in range(40)]
     rep = seam_report(frames, plan)
-    assert rep["joins"] == [] and rep["inside"]["p50"] == 1.0
+    assert rep["joins"] == [] and rep["inside"]["p50"] == 1.0 and rep["inside"]["p99"] == 1.0
     assert [b["frame"] for b in rep["clip_boundaries"]] == [16, 32]

@@ -206,3 +206,32 @@ def test_segment_options_routing():
         SegmentOptions(mode="parallel").needs_segment_path("pose.mp4")
     with pytest.raises(ValueError, match="segment mode 'fast'"):
         SegmentOptions(mode="fast")
+
+
+def test_a_failing_commit_fence_stops_before_writing_and_the_segment_resumes(tmp_path):
+    """``before_commit`` (the cluster's lease check) runs before every clip file, state and the
+    record: raising there leaves the folder exactly as after the previous commit."""
+    from render.segments import SegmentPlan, SegmentSpec
+
+    s = RenderSettings(size="64*64", steps=1, infer_frames=8, motion_frames=13)
+    plan = SegmentPlan("sequential", 16, 40, 40 / 16, (SegmentSpec(0, 0, 40, 0, 5),), infer_frames=8)
+    shot = fake_shot(s)
+    full = render_segment(FakeRenderer(s), shot, plan, 0, s, tmp_path / "a")
+    calls = []
+
+    def fence():
+        calls.append(len(calls))
+        if len(calls) == 4:  # clip 0 file, clip 0 state, clip 1 file, then: lease lost
+            raise RuntimeError("lease lost")
+
+    with pytest.raises(RuntimeError, match="lease lost"):
+        render_segment(FakeRenderer(s), shot, plan, 0, s, tmp_path / "b", before_commit=fence)
+    seg = segment_dir(tmp_path / "b", 0)
+    assert clip_file(seg, 1).is_file() and not clip_file(seg, 2).exists()
+    assert torch.load(seg / STATE_FILE, weights_only=True)["next_clip"] == 1  # clip 1's state not written
+    assert read_record(seg) is None
+    d = render_segment(FakeRenderer(s), shot, plan, 0, s, tmp_path / "b")
+    assert segment_frames_digest(d) == segment_frames_digest(full)
+    calls.clear()
+    render_segment(FakeRenderer(s), shot, plan, 0, s, tmp_path / "c", before_commit=lambda: calls.append(1))
+    assert len(calls) == 5 + 4 + 1  # 5 clip files, 4 states (not after the last clip), 1 record
