@@ -7,6 +7,7 @@ whose open mouth is drawn in one colour (``render.lipsync.MOUTH_RGB``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -44,6 +45,19 @@ def lipsync_report(openings: np.ndarray, samples_16k: np.ndarray, fps: float, ma
     return rep
 
 
+def read_plan_file(path: str | Path) -> SegmentPlan:
+    """A segment plan from ``path``: a SegmentPlan JSON, or a run directory's
+    ``shots/<id>/plan.json`` (the shot's layout, which holds the plan as ``plan_json``)."""
+    text = Path(path).read_text()
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from None
+    if isinstance(d, dict) and isinstance(d.get("plan_json"), str):
+        text = d["plan_json"]
+    return SegmentPlan.from_json(text)
+
+
 def qa_video(video: str | Path, plan: str | Path | SegmentPlan | None = None,
              image: str | Path | None = None, infer_frames: int = 80, lipsync: bool = False,
              audio: str | Path | None = None) -> dict:
@@ -58,7 +72,7 @@ def qa_video(video: str | Path, plan: str | Path | SegmentPlan | None = None,
 
     info = probe_video(video)
     if isinstance(plan, str | Path):
-        plan = SegmentPlan.from_json(Path(plan).read_text())
+        plan = read_plan_file(plan)
     if plan is None:
         n = info.frames
         clips = -(-n // infer_frames)

@@ -261,3 +261,24 @@ def test_qa_lipsync_needs_an_audio_track(tmp_path, capsys):
     assert main(["qa", str(video), "--lipsync"]) != 0
     err = capsys.readouterr().err
     assert "no audio stream" in err and str(video) in err
+
+
+def test_qa_reads_a_run_directorys_plan_file(speaking_mp4, tmp_path):
+    """`s2v qa VIDEO --plan RUN/shots/ID/plan.json`: the ledger stores the shot's layout, whose
+    ``plan_json`` is the segment plan."""
+    from render.qa import qa_video
+    from render.segments import SegmentPlan, SegmentSpec
+
+    video, _ = speaking_mp4
+    plan = SegmentPlan("sequential", FPS, 96, 96 / FPS, (SegmentSpec(0, 0, 96, 0, 2),), 80)
+    layout = tmp_path / "plan.json"
+    layout.write_text(json.dumps({"height": 64, "width": 64, "plan_json": plan.to_json(),
+                                  "segments": [{"index": 0, "start_frame": 0, "num_frames": 96, "num_clips": 2}]}))
+    bare = tmp_path / "bare.json"
+    bare.write_text(plan.to_json())
+    rep = qa_video(video, layout)
+    assert rep == {**qa_video(video, bare), "video": rep["video"]}
+    assert [b["frame"] for b in rep["clip_boundaries"]] == [80]
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json: not JSON"):
+        qa_video(video, tmp_path / "bad.json")

@@ -57,8 +57,7 @@ def test_demo_with_the_shipped_model_meets_its_time_duration_and_seams(tmp_path,
     info = probe_video(video)
     speech = decode_audio(out / "demo_speech.ogg")
     assert abs(info.duration_s - speech.duration_s) <= 1 / FPS + 1e-6
-    plan = out / "run" / "shots" / "demo" / "plan.json"
-    rep = qa_video(video, plan if plan.is_file() else None, lipsync=True, audio=out / "demo_speech.ogg")
+    rep = qa_video(video, out / "run" / "shots" / "demo" / "plan.json", lipsync=True, audio=out / "demo_speech.ogg")
     p99 = rep["inside"]["p99"]
     assert all(b["value"] <= p99 for b in rep["clip_boundaries"]), (p99, rep["clip_boundaries"])
     assert all(j["value"] <= p99 for j in rep["joins"]), (p99, rep["joins"])
