@@ -75,9 +75,18 @@ def cudnn_fp8_status(device: torch.device | str = "cuda") -> tuple[bool, str]:
 @dataclass
 class _Plan:
     graph: object
-    tensors: dict  # name -> graph tensor
+    tensors: dict  # name -> graph tensor (only the ones the graph reads or writes)
     workspace: int
     out_fp8: bool
+    variant: str  # what was asked of cuDNN, for the log and the benchmark
+    byte_views: bool = False
+
+
+# Graph variants, tried in order until cuDNN builds one: (e4m3 output, amax of S as an output, amax
+# of O as an output). cuDNN >= 9.2x documents amax_s as deprecated: declaring it an output restricts
+# the graph to the older backend engines, so the first variants leave it virtual.
+_VARIANTS = ((False, False, False), (False, False, True), (False, True, True), (True, False, True),
+             (True, True, True))
 
 
 class Fp8SelfAttention:
@@ -122,14 +131,16 @@ class Fp8SelfAttention:
         if key in self._plans:
             return self._plans[key]
         errors = []
-        for out_fp8 in (False, True):
+        for out_fp8, amax_s, amax_o in _VARIANTS:
             try:
-                plan = _build_plan(q, k, handle, out_fp8)
+                plan = _build_plan(q, k, handle, out_fp8, amax_s, amax_o)
             except Exception as exc:  # cuDNN reports unsupported configurations by raising
-                errors.append(f"{'e4m3' if out_fp8 else 'bf16'} output: {str(exc).splitlines()[0][:160]}")
+                errors.append(f"{_variant_name(out_fp8, amax_s, amax_o, q.dtype)}: {str(exc).splitlines()[0][:160]}")
                 continue
-            log.info("fp8 attention: cuDNN graph for q %s k %s, %s output, workspace %d B", tuple(q.shape),
-                     tuple(k.shape), "e4m3" if out_fp8 else str(q.dtype), plan.workspace)
+            log.info("fp8 attention: cuDNN graph for q %s k %s: %s, workspace %d B", tuple(q.shape),
+                     tuple(k.shape), plan.variant, plan.workspace)
+            if errors:
+                log.info("fp8 attention: variants cuDNN refused first: %s", "; ".join(errors))
             self._plans[key] = plan
             return plan
         raise RuntimeError("fp8 attention: cuDNN has no fp8 SDPA plan for q "
@@ -148,22 +159,37 @@ class Fp8SelfAttention:
         one, descale_s, scale_s = self._consts[q.device]
         scale_o = (1.0 / dv) if plan.out_fp8 else one  # O <= amax|v| = 448 * dv
         out = torch.empty(q.shape, device=q.device, dtype=FP8 if plan.out_fp8 else q.dtype)
-        amax_s = torch.zeros(1, 1, 1, 1, device=q.device)
-        amax_o = torch.zeros(1, 1, 1, 1, device=q.device)
         t = plan.tensors
-        pack = {t["q"]: q8.view(torch.uint8), t["k"]: k8.view(torch.uint8), t["v"]: v8.view(torch.uint8),
-                t["o"]: out.view(torch.uint8) if plan.out_fp8 else out,
+        pack = {t["q"]: q8, t["k"]: k8, t["v"]: v8, t["o"]: out,
                 t["descale_q"]: dq, t["descale_k"]: dk, t["descale_v"]: dv,
-                t["descale_s"]: descale_s, t["scale_s"]: scale_s, t["scale_o"]: scale_o,
-                t["amax_s"]: amax_s, t["amax_o"]: amax_o}
+                t["descale_s"]: descale_s, t["scale_s"]: scale_s, t["scale_o"]: scale_o}
+        for name in ("amax_s", "amax_o"):  # written by the kernel, never read here
+            if name in t:
+                pack[t[name]] = torch.empty(1, 1, 1, 1, device=q.device)
         workspace = torch.empty(max(plan.workspace, 1), device=q.device, dtype=torch.uint8)
-        plan.graph.execute(pack, workspace, handle=handle)
+        if plan.byte_views:  # frontends that do not read torch's float8 dtypes take the same bytes as uint8
+            pack = {k: (x.view(torch.uint8) if x.dtype == FP8 else x) for k, x in pack.items()}
+        try:
+            plan.graph.execute(pack, workspace, handle=handle)
+        except Exception:
+            if plan.byte_views:
+                raise
+            plan.byte_views = True
+            log.info("fp8 attention: this cuDNN frontend takes float8 tensors as uint8 views")
+            return self._cudnn(q, k, v)
         if plan.out_fp8:
             return (out.float() * dv.view(())).to(q.dtype)
         return out
 
 
-def _build_plan(q: torch.Tensor, k: torch.Tensor, handle, out_fp8: bool) -> _Plan:
+def _variant_name(out_fp8: bool, amax_s: bool, amax_o: bool, dtype: torch.dtype) -> str:
+    outs = [n for n, on in (("amax S", amax_s), ("amax O", amax_o)) if on]
+    return (f"{'e4m3' if out_fp8 else str(dtype).replace('torch.', '')} output"
+            + (f" + {', '.join(outs)}" if outs else ""))
+
+
+def _build_plan(q: torch.Tensor, k: torch.Tensor, handle, out_fp8: bool, amax_s_out: bool,
+                amax_o_out: bool) -> _Plan:
     import cudnn
 
     b, lq, h, d = q.shape
@@ -180,7 +206,7 @@ def _build_plan(q: torch.Tensor, k: torch.Tensor, handle, out_fp8: bool) -> _Pla
         t[name] = g.tensor(name=name, dim=[1, 1, 1, 1], stride=[1, 1, 1, 1], data_type=cudnn.data_type.FLOAT)
     kwargs = dict(q=t["q"], k=t["k"], v=t["v"], descale_q=t["descale_q"], descale_k=t["descale_k"],
                   descale_v=t["descale_v"], descale_s=t["descale_s"], scale_s=t["scale_s"], scale_o=t["scale_o"],
-                  attn_scale=1.0 / math.sqrt(d), use_causal_mask=False)
+                  attn_scale=1.0 / math.sqrt(d))
     try:
         o, _stats, amax_s, amax_o = g.sdpa_fp8(generate_stats=False, **kwargs)
     except TypeError:  # older frontends name it is_inference
@@ -188,12 +214,14 @@ def _build_plan(q: torch.Tensor, k: torch.Tensor, handle, out_fp8: bool) -> _Pla
     out_type = cudnn.data_type.FP8_E4M3 if out_fp8 else (
         cudnn.data_type.BFLOAT16 if q.dtype == torch.bfloat16 else cudnn.data_type.HALF)
     o.set_output(True).set_dim(dims(lq)).set_stride(strides(lq)).set_data_type(out_type)
-    for a in (amax_s, amax_o):
-        a.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(cudnn.data_type.FLOAT)
-    t.update(o=o, amax_s=amax_s, amax_o=amax_o)
+    t["o"] = o
+    for name, a, on in (("amax_s", amax_s, amax_s_out), ("amax_o", amax_o, amax_o_out)):
+        if on:
+            a.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(cudnn.data_type.FLOAT)
+            t[name] = a
     g.validate()
     g.build_operation_graph()
     g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
     g.check_support()
     g.build_plans()
-    return _Plan(g, t, int(g.get_workspace_size()), out_fp8)
+    return _Plan(g, t, int(g.get_workspace_size()), out_fp8, _variant_name(out_fp8, amax_s_out, amax_o_out, q.dtype))
