@@ -11,6 +11,7 @@ from manifests import read_manifest, read_results
 from render.audio_io import decode_audio
 from render.video_writer import probe_video
 from s2v.cli import main
+from tinymodel.export import shipped_checkpoint
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -37,7 +38,7 @@ def test_demo_runs_the_main_job_on_local_ray_and_resumes(tmp_path, capsys):
     assert _demo(out) == 0
     first = capsys.readouterr()
     assert "demo video:" in first.out and "— rendered;" in first.out
-    assert "random-weight" in first.out  # no trained tiny model ships yet
+    assert "trained tiny model" in first.out  # tinymodel/tiny-s2v ships a trained checkpoint
 
     # The manifest: one shot on the cut bundled speech and the generated character.
     shots = read_manifest(out / "demo.parquet")
@@ -50,7 +51,7 @@ def test_demo_runs_the_main_job_on_local_ray_and_resumes(tmp_path, capsys):
     # The run directory is a ledger of `s2v run`: run record, normalised manifest, plan, publication, results.
     run = out / "run"
     record = json.loads((run / "run.json").read_text())
-    assert record["shots"] == 1 and record["settings"]["ckpt"] == str(out / "tiny-s2v-checkpoint")
+    assert record["shots"] == 1 and record["settings"]["ckpt"] == str(shipped_checkpoint().resolve())
     assert (run / "manifest.parquet").is_file() and (run / "shots" / "demo" / "plan.json").is_file()
     published = json.loads((run / "shots" / "demo" / "published.json").read_text())
     results = read_results(run / "results.parquet")
@@ -93,14 +94,14 @@ def test_demo_input_errors_name_the_option(tmp_path, capsys, args, needle):
     assert not (tmp_path / "d" / "run").exists()
 
 
-def test_demo_uses_the_shipped_trained_model_when_there_is_one(tmp_path, capsys, monkeypatch, tiny_ckpt):
+def test_demo_falls_back_to_a_random_weight_model_without_a_shipped_one(tmp_path, capsys, monkeypatch):
     import tinymodel.export
 
-    monkeypatch.setattr(tinymodel.export, "shipped_checkpoint", lambda: tiny_ckpt)
+    monkeypatch.setattr(tinymodel.export, "shipped_checkpoint", lambda: None)
     out = tmp_path / "demo"
     assert _demo(out) == 0
-    assert "trained tiny model" in capsys.readouterr().out
-    assert not (out / "tiny-s2v-checkpoint").exists()
+    assert "random-weight" in capsys.readouterr().out
     record = json.loads((out / "run" / "run.json").read_text())
-    assert record["settings"]["ckpt"] == str(tiny_ckpt.resolve())
+    assert record["settings"]["ckpt"] == str(out / "tiny-s2v-checkpoint")
+    assert (out / "tiny-s2v-checkpoint" / "config.json").is_file()
     assert abs(probe_video(out / "demo.mp4").duration_s - SECONDS) <= 1 / FPS + 1e-6
