@@ -148,8 +148,13 @@ def _install_fp8_attention(dit: nn.Module, device: torch.device) -> str:
     attn = Fp8SelfAttention()
     g = torch.Generator(device=device).manual_seed(0)
     q, k, v = (torch.randn(1, 256, 2, 128, generator=g, device=device).bfloat16() for _ in range(3))
-    err = attention.relative_error(attn(q, k, v), fp8_attention_reference(q, k, v))
+    out = attn(q, k, v)
+    plan = attn.plans()[-1]
+    err = attention.relative_error(out, fp8_attention_reference(q, k, v, out_fp8=plan["out_fp8"]))
     if not err < 5e-2:
         raise ValueError(f"fp8 attention: cuDNN disagrees with its float32 model (rel err {err:.2e}); run without it")
+    if plan["out_fp8"]:
+        log.warning("fp8 attention: cuDNN writes e4m3 output on this GPU (bf16 output is Blackwell-only): "
+                    "~6 %% error per attention call; measured on an H100: 21-27 %% flow error for 2-7 %% speed")
     dit.set_attention(self_attn=attn)
-    return f"cuDNN fp8 SDPA ({why}; self-test rel err {err:.1e} against its float32 model)"
+    return f"cuDNN fp8 SDPA ({why}; {plan['variant']}; self-test rel err {err:.1e} against its float32 model)"
