@@ -23,7 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_tools import median, time_cuda  # noqa: E402
 from kernels import attention as A  # noqa: E402
-from kernels.fp8_attention import Fp8SelfAttention, cudnn_fp8_status, fp8_attention_reference, quantize_per_tensor  # noqa: E402
+from kernels.fp8_attention import (  # noqa: E402
+    Fp8SelfAttention,
+    cudnn_fp8_status,
+    fp8_attention_reference,
+    quantize_per_tensor,
+)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -38,6 +43,44 @@ def qkv(b: int, n: int, h: int, d: int, logit_scale: float, device) -> tuple[tor
     k = torch.randn(b, n, h, d, device=device, generator=g)
     v = torch.randn(b, n, h, d, device=device, generator=g)
     return q.bfloat16(), k.bfloat16(), v.bfloat16()
+
+
+def measure(fp8: Fp8SelfAttention, n: int, args, dev: torch.device) -> dict:
+    """Times and errors at one sequence length (tensors are freed on return)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    b, h, d = args.batch, args.heads, args.head_dim
+    flops = 4 * b * h * n * n * d
+    q, k, v = qkv(b, n, h, d, 1.0, dev)
+    row = {"tokens": n, "batch": b}
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+
+    def cudnn_bf16():
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            return torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
+
+    row["cudnn_bf16_ms"] = 1e3 * median(time_cuda(cudnn_bf16, args.repeats))
+    if A.fa4_status()[0]:
+        from flash_attn.cute import flash_attn_func
+
+        row["fa4_bf16_ms"] = 1e3 * median(time_cuda(lambda: flash_attn_func(q, k, v)[0], args.repeats))
+    row["fp8_total_ms"] = 1e3 * median(time_cuda(lambda: fp8(q, k, v), args.repeats))
+    plan = next(p for p in fp8.plans() if p["q"] == tuple(q.shape))
+    row["fp8_variant"], out_fp8 = plan["variant"], plan["out_fp8"]
+    quant = [*quantize_per_tensor(q), *quantize_per_tensor(k), *quantize_per_tensor(v)]
+    row["fp8_kernel_ms"] = 1e3 * median(time_cuda(lambda: fp8.attend_quantized(*quant), args.repeats))
+    row["quantize_qkv_ms"] = 3e3 * median(time_cuda(lambda: quantize_per_tensor(q), args.repeats))
+    for key in [c for c in row if c.endswith("_ms") and c != "quantize_qkv_ms"]:
+        row[key.replace("_ms", "_tflops")] = flops / (row[key] / 1e3) / 1e12
+    for scale in (float(x) for x in args.logit_scale.split(",")):
+        qs = (q.float() * scale).bfloat16()
+        out = fp8(qs, k, v)
+        m = 256
+        exact = A.attention_reference(qs[:, :m], k, v)
+        model = fp8_attention_reference(qs[:, :m], k, v, out_fp8=out_fp8)
+        row[f"rel_err_vs_exact@{scale:g}"] = rel(out[:, :m], exact)
+        row[f"rel_err_vs_model@{scale:g}"] = rel(out[:, :m], model)
+    return row
 
 
 def main(argv=None) -> int:
@@ -62,46 +105,11 @@ def main(argv=None) -> int:
     if not ok:
         print("no cuDNN fp8 attention here:", why)
         return 1
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    b, h, d = args.batch, args.heads, args.head_dim
     fp8 = Fp8SelfAttention()
     for n in (int(x) for x in args.tokens.split(",")):
-        flops = 4 * b * h * n * n * d
-        q, k, v = qkv(b, n, h, d, 1.0, dev)
-        row = {"tokens": n, "batch": b}
-        qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
-
-        def cudnn_bf16():
-            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-                return torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
-
-        row["cudnn_bf16_ms"] = 1e3 * median(time_cuda(cudnn_bf16, args.repeats))
-        if A.fa4_status()[0]:
-            from flash_attn.cute import flash_attn_func
-
-            row["fa4_bf16_ms"] = 1e3 * median(time_cuda(lambda: flash_attn_func(q, k, v)[0], args.repeats))
-        row["fp8_total_ms"] = 1e3 * median(time_cuda(lambda: fp8(q, k, v), args.repeats))
-        plan = next(p for p in fp8.plans() if p["q"] == tuple(q.shape))
-        row["fp8_variant"], out_fp8 = plan["variant"], plan["out_fp8"]
-        quant = [*quantize_per_tensor(q), *quantize_per_tensor(k), *quantize_per_tensor(v)]
-        row["fp8_kernel_ms"] = 1e3 * median(time_cuda(lambda: fp8.attend_quantized(*quant), args.repeats))
-        row["quantize_qkv_ms"] = 3e3 * median(time_cuda(lambda: quantize_per_tensor(q), args.repeats))
-        del quant
-        for key in [c for c in row if c.endswith("_ms")]:
-            if key != "quantize_qkv_ms":
-                row[key.replace("_ms", "_tflops")] = flops / (row[key] / 1e3) / 1e12
-        for scale in (float(x) for x in args.logit_scale.split(",")):
-            qs = (q.float() * scale).bfloat16()
-            out = fp8(qs, k, v)
-            m = 256
-            exact = A.attention_reference(qs[:, :m], k, v)
-            model = fp8_attention_reference(qs[:, :m], k, v, out_fp8=out_fp8)
-            row[f"rel_err_vs_exact@{scale:g}"] = rel(out[:, :m], exact)
-            row[f"rel_err_vs_model@{scale:g}"] = rel(out[:, :m], model)
+        row = measure(fp8, n, args, dev)
         R["rows"].append(row)
         print(json.dumps(row))
-        del q, k, v, qt, kt, vt
         torch.cuda.empty_cache()
     cols = [("cudnn_bf16", "cuDNN bf16"), ("fa4_bf16", "FA4 bf16"), ("fp8_kernel", "cuDNN fp8 kernel"),
             ("fp8_total", "cuDNN fp8 + quantisation")]

@@ -179,7 +179,7 @@ def run_demo(o: DemoOptions) -> int:
     run_dir = RunDir(req.run_dir)
     already = run_dir.is_published(SHOT_ID) and not o.restart
     if not o.quiet:
-        model = "trained tiny model" if trained else "tiny random-weight model (no trained model shipped yet)"
+        model = "trained tiny model" if trained else "tiny random-weight model (the trained one is missing from tinymodel/tiny-s2v)"
         _say(f"{model}: {ckpt}; speech {audio.name}; character {image.name}; manifest {manifest}; "
              f"run directory {req.run_dir} (local Ray, 1 render group of 1 rank)")
     code = run(req)

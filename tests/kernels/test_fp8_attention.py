@@ -108,3 +108,20 @@ def test_gpu_cudnn_fp8_matches_its_model():
               "vs model", rel(out[:, :n], model))
         assert err < 1.25 * model_err
         assert rel(out[:, :n], model) < 2 * model_err
+
+
+@needs_cuda
+def test_gpu_optimize_dit_runs_the_dit_with_cudnn_fp8_attention():
+    from kernels.select import optimize_dit
+
+    ok, why = cudnn_fp8_status("cuda")
+    if not ok:
+        pytest.skip(why)
+    dit, inp = small_dit("cuda", torch.bfloat16), dit_inputs()  # head dim 128, as in the 14B
+    exact = run_dit(dit, inp)
+    report = optimize_dit(dit, "cuda", fp8_attention=True)
+    assert "cuDNN fp8 SDPA" in report.fp8_attention and "output" in report.fp8_attention
+    out = run_dit(dit, inp)
+    err = rel(out, exact)
+    print(report.describe(), "rel err vs exact", err)
+    assert torch.isfinite(out).all() and 0 < err < 0.3
