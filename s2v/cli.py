@@ -39,8 +39,8 @@ def _add_render_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fp8-attention", action="store_true",
                    help="self-attention through cuDNN's fp8 flash attention (GPU sm90+, needs "
                         "nvidia-cudnn-frontend). Not recommended on Hopper: with --fp8 on an H100 it was "
-                        "only 2-7%% faster than --fp8 alone for 5x its error (flow rel. L2 21-27%% vs 4.3%%; "
-                        "cuDNN writes e4m3 output there); see benchmarks/results/single_gpu.md")
+                        "only 2-7%% faster than --fp8 alone for 5x its error (flow rel. L2 21-27%% vs 4.3%%); "
+                        "see benchmarks/results/single_gpu.md")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
