@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_tools import median, time_cuda  # noqa: E402
+from benchmarks.bench_tools import relative_error as rel  # noqa: E402
 from kernels import attention as A  # noqa: E402
 from kernels.fp8_attention import (  # noqa: E402
     Fp8SelfAttention,
@@ -29,10 +30,6 @@ from kernels.fp8_attention import (  # noqa: E402
     fp8_attention_reference,
     quantize_per_tensor,
 )
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
 
 
 def qkv(b: int, n: int, h: int, d: int, logit_scale: float, device) -> tuple[torch.Tensor, ...]:

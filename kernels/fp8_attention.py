@@ -85,7 +85,6 @@ class _Plan:
     workspace: int
     out_fp8: bool
     variant: str  # what was asked of cuDNN, for the log and the benchmark
-    byte_views: bool = False
 
 
 # Graph variants, tried in order until cuDNN builds one: (e4m3 output, amax of S as an output, amax
@@ -182,16 +181,7 @@ class Fp8SelfAttention:
             if name in t:
                 pack[t[name]] = torch.empty(1, 1, 1, 1, device=dev)
         workspace = torch.empty(max(plan.workspace, 1), device=dev, dtype=torch.uint8)
-        if plan.byte_views:  # frontends that do not read torch's float8 dtypes take the same bytes as uint8
-            pack = {k: (x.view(torch.uint8) if x.dtype == FP8 else x) for k, x in pack.items()}
-        try:
-            plan.graph.execute(pack, workspace, handle=handle)
-        except Exception:
-            if plan.byte_views:
-                raise
-            plan.byte_views = True
-            log.info("fp8 attention: this cuDNN frontend takes float8 tensors as uint8 views")
-            return self.attend_quantized(q8, dq, k8, dk, v8, dv, out_dtype)
+        plan.graph.execute(pack, workspace, handle=handle)  # the frontend (1.32) takes torch's float8 tensors
         if plan.out_fp8:
             return (out.float() * dv.view(())).to(out_dtype)
         return out
