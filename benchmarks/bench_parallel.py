@@ -13,7 +13,7 @@ timed separately) and reports half of it per forward, so both columns are per fo
 sample. The official model runs as its pipeline does: ``torch.amp.autocast(bf16)``, one
 sample per forward, sequence parallel = its Ulysses path (world size = ulysses degree), its
 ``flash_attention`` routed to ``torch.nn.functional.scaled_dot_product_attention`` (flash-attn
-has no wheel for the GPUs' torch; SDPA's default backend choice, as in shared/ANCHORS.md).
+has no wheel for the GPUs' torch; SDPA's default backend choice, as in the official measurements).
 Its package ``__init__``s are bypassed (they import the pipelines); it needs ``diffusers``.
 
 ``--device cpu --tiny`` runs the same code on CPU/gloo with a tiny model (a smoke test; with
@@ -132,7 +132,7 @@ def reset_peak(device) -> None:
 
 
 def token_count(cfg, h: int, w: int, frames: int) -> int:
-    from render.dit.rope import token_segments
+    from render.model.dit.rope import token_segments
 
     lh, lw = h // 8, w // 8
     return sum(s.num_tokens for s in token_segments(frames, lh // 2, lw // 2, True, lh, lw))
@@ -145,8 +145,8 @@ def worker(args) -> None:
     import torch
     import torch.distributed as dist
 
-    from parallel import ParallelS2VDiT
-    from render.config import DiTConfig
+    from parallel import is_parallelized
+    from render.model.checkpoint import DiTConfig
 
     start = time.monotonic()
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -213,7 +213,7 @@ def worker(args) -> None:
                      lambda rec, k=kernels: emit(dict(rec, kernels=k)), ours_out if ci == 0 and args.check else None)
         except Exception as e:  # noqa: BLE001
             emit(dict(impl="ours", config=name, skipped=f"failed: {type(e).__name__}: {e}"[:300]))
-        if dims.shard_weights or isinstance(dit, ParallelS2VDiT):
+        if dims.shard_weights or is_parallelized(dit):
             dit = None  # sharded (or left half-transformed by a failure): build a fresh one next time
             free(device)
     dist.barrier()

@@ -29,7 +29,7 @@ def random_init_(model, seed: int) -> None:
 def build_ours(cfg, device, dtype):
     import torch
 
-    from render.dit.model import S2VDiT
+    from render.model.dit.model import S2VDiT
 
     with torch.device("meta"):
         m = S2VDiT(cfg)

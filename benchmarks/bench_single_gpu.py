@@ -44,7 +44,7 @@ from benchmarks.bench_tools import (  # noqa: E402
 from kernels import attention  # noqa: E402
 from kernels.select import optimize_dit  # noqa: E402
 from kernels.triton_support import triton_status  # noqa: E402
-from render.config import DiTConfig  # noqa: E402
+from render.model.checkpoint import DiTConfig  # noqa: E402
 
 log = logging.getLogger("bench")
 STEPS = 40  # sampling steps per clip; with CFG 2 forwards each
@@ -167,7 +167,7 @@ def measure_official(model, inp, repeats: int) -> dict:
 def measure_vae(device, height, width, repeats) -> dict:
     """Decode of 39 latents (19 motion + 20 new, as each clip does today), of the 20 new ones
     alone, and the re-encode of 73 motion frames; fp32 and bf16 weights; random weights."""
-    from render.vae import WanVAE, build_vae_skeleton
+    from render.model.vae import WanVAE, build_vae_skeleton
 
     model = build_vae_skeleton(96).to_empty(device=device)
     random_init_(model, seed=3)

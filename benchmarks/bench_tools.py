@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from render.config import DiTConfig
+from render.model.checkpoint import DiTConfig
 
 FRAMES_PER_CLIP = 80  # pixel frames of one clip (the official infer_frames)
 LATENT_FRAMES = 20
@@ -150,7 +150,7 @@ def random_init_(model: nn.Module, seed: int = 0) -> None:
 
 def random_dit(cfg: DiTConfig, device: torch.device, dtype: torch.dtype = torch.bfloat16):
     """The S2V DiT with random weights, built on the meta device and materialised on ``device``."""
-    from render.dit import build_dit_skeleton
+    from render.model.dit import build_dit_skeleton
 
     model = build_dit_skeleton(cfg).to(dtype)
     model = model.to_empty(device=device)

@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from render.vae import WanVAE
-from render.vae.model import WanVAEModel
+from render.model.vae import WanVAE
+from render.model.vae.model import WanVAEModel
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Run the official ``WanModel_S2V`` from a local copy of the Wan2.2 repository, for side-by-side
 timing. Nothing of that repository is copied here; it is imported from the path given.
 
-Two things differ from an official run, both as in ``shared/ANCHORS.md``: the repository's
+Two things differ from an official run, both as in the published official measurements: the repository's
 package ``__init__`` files (which import every pipeline and need librosa, decord, ...) are
 bypassed by registering bare package objects, and its ``flash_attention`` (flash-attn has no
 wheel for the GPU machines' torch/CUDA) is routed to ``torch.nn.functional.scaled_dot_product_attention``

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import torch
 
-from render.dit.model import S2VDiT
-from render.vae.model import WanVAEModel
+from render.model.dit.model import S2VDiT
+from render.model.vae.model import WanVAEModel
 from tinymodel.export import TRAINED_DIT
 from tinymodel.train import dit_batch, init_for_training, make_chunk_local, snippets, vae_reconstruct
 

@@ -28,7 +28,7 @@ import ray
 from cluster.group import GroupSpec, GroupStartError, RenderGroup, form_group, teardown
 from cluster.ledger import Failure, RunDir, ShotStatus
 from cluster.metrics import RunMetrics
-from cluster.prep import PrepWorker, shot_prompts
+from cluster.prep import PrepWorker
 from cluster.results import stitch_and_record, write_run_results
 from cluster.scheduler import (
     ERROR,
@@ -40,8 +40,10 @@ from cluster.scheduler import (
     judge_failure,
 )
 from cluster.settings import EngineOptions, RunSettings
-from cluster.shot_work import ShotLayout, plan_shot, segment_finished
+from cluster.shot_work import plan_manifest_shot, segment_finished
 from manifests import Shot
+from render.shot.condition import shot_prompts
+from render.shot.plan import ShotPlan
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,7 @@ class RunEngine:
         self.spec = GroupSpec(str(run.path), run_id, settings.to_dict(), engine.group_size, slot_resource,
                               engine.collective_timeout_s, engine.group_start_timeout_s, engine.cpu_threads_per_rank,
                               engine.parallel, engine.handoff_timeout_s, lease_token)
-        self.layouts: dict[str, ShotLayout] = {}
+        self.plans: dict[str, ShotPlan] = {}
         self.status: dict[str, ShotStatus] = {}
         self.queue = SegmentQueue()
         self.prepared: set[str] = set()
@@ -123,25 +125,26 @@ class RunEngine:
             plan = self.run.read_plan(sid)
             if plan is None:
                 try:
-                    layout = plan_shot(shot, self.settings.render_settings(shot), self.settings.segment_options())
+                    plan = plan_manifest_shot(shot, self.settings.render_settings(shot),
+                                                self.settings.segment_options(shot))
                 except Exception as exc:  # undecodable despite validation, unsupported settings...
                     self._fail(sid, f"planning failed: {type(exc).__name__}: {exc}")
                     continue
-                self.run.write_plan(sid, layout.to_dict())
+                self.run.write_plan(sid, plan.to_dict())
             else:
-                layout = ShotLayout.from_dict(plan)
-            self.layouts[sid] = layout
+                plan = ShotPlan.from_dict(plan)
+            self.plans[sid] = plan
             committed = self._committed(sid)
-            todo = [s for s in layout.segments if s.index not in committed]
+            todo = [s for s in plan.segments if s.index not in committed]
             for seg in todo:
                 self.queue.push(SegmentTask.make(sid, seg.index, shot.priority, seg.num_frames, shot.row or 0))
             if not todo:
                 self._start_stitch(sid)
             if committed:
-                log.info("shot %s: %d of %d segments already committed", sid, len(committed), len(layout.segments))
-        for sid, layout in self.layouts.items():
-            if all(self.run.features_file(sid, s.index).is_file() for s in layout.segments) and all(
-                    self.run.prompt_file(p).is_file() for p in shot_prompts(self.shots[sid])):
+                log.info("shot %s: %d of %d segments already committed", sid, len(committed), len(plan.segments))
+        for sid, plan in self.plans.items():
+            if all(self.run.features_file(sid, s.index).is_file() for s in plan.segments) and all(
+                    self.run.prompt_file(p).is_file() for p in shot_prompts(self.shots[sid].prompt, self.shots[sid].negative_prompt)):
                 self.prepared.add(sid)
 
     def _committed(self, sid: str) -> set[int]:
@@ -166,7 +169,7 @@ class RunEngine:
         for i in range(0, len(need), self.opts.prep_chunk):
             chunk = need[i:i + self.opts.prep_chunk]
             ref = self.prep_actor.prepare.remote([self.shots[s] for s in chunk],
-                                                 [self.layouts[s].to_dict() for s in chunk])
+                                                 [self.plans[s].to_dict() for s in chunk])
             self.inflight[ref] = ("prep", chunk)
 
     # --- the loop ------------------------------------------------------------------------------
@@ -237,7 +240,7 @@ class RunEngine:
             self._attempt_note(sid, attempt, f"attempt {attempt}: segment {task.index} on group "
                                              f"{slot.group.label} (node {slot.group.node_id}, pids {slot.group.pids})")
             payload = {"shot": self.shots[sid], "index": task.index, "attempt": attempt,
-                       "layout": self.layouts[sid].to_dict()}
+                       "plan": self.plans[sid].to_dict()}
             refs = [a.render.remote(payload) for a in slot.group.actors]
             slot.job = Job(task, attempt, refs, time.time())
             for ref in refs:
@@ -298,8 +301,8 @@ class RunEngine:
         self._attempt_note(sid, job.attempt, f"segment {index} committed: {r0['clips_rendered']} clips rendered, "
                                              f"resumed from clip {r0['resumed_from']}, {r0['seconds']:.1f} s")
         self.run.write_status(sid, st)
-        layout = self.layouts[sid]
-        if not self._terminal(sid) and all(s.index in self.run.committed_segments(sid) for s in layout.segments):
+        plan = self.plans[sid]
+        if not self._terminal(sid) and all(s.index in self.run.committed_segments(sid) for s in plan.segments):
             self._start_stitch(sid)
 
     def _group_failed(self, slot: GroupSlot, first: BaseException) -> None:
@@ -357,7 +360,7 @@ class RunEngine:
         if sid in self.stitching:
             return
         self.stitching.add(sid)
-        ref = stitch_remote.remote(str(self.run.path), self.shots[sid], self.layouts[sid].to_dict(),
+        ref = stitch_remote.remote(str(self.run.path), self.shots[sid], self.plans[sid].to_dict(),
                                    self.settings.to_dict(), self.opts.keep_work)
         self.inflight[ref] = ("stitch", sid)
 

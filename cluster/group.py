@@ -20,9 +20,9 @@ import ray
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cluster.durable import atomic_write_json
 from cluster.ledger import RunDir
 from cluster.rank import RankWorker
+from render.media.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.durable import atomic_write_json, read_json
+from render.media.atomic import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 

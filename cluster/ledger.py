@@ -1,4 +1,5 @@
-"""The run directory: the durable ledger of a run (DESIGN.md "Durable state lives outside Ray").
+"""The run directory: the durable ledger of a run (durable state lives outside Ray: a
+killed cluster loses nothing the directory holds).
 
 Layout (every file written by temp + fsync + rename; a reader never sees a partial one)::
 
@@ -6,12 +7,12 @@ Layout (every file written by temp + fsync + rename; a reader never sees a parti
     manifest.parquet                 the normalised manifest (absolute paths, resolved seeds)
     lease.lock, lease.json           the lease (cluster.lease)
     prompts/<sha256>.pt              umT5 embedding of one unique prompt
-    shots/<shot_id>/plan.json        the shot's segment layout
+    shots/<shot_id>/plan.json        the shot's plan (render.shot.plan.ShotPlan: geometry, segments)
     shots/<shot_id>/features-<i>.pt  wav2vec features of segment i's audio window
     shots/<shot_id>/status.json      state, attempts, failures (written by the driver)
     shots/<shot_id>/published.json   written right after the final MP4 was published
     segments/<shot_id>/<index>.json  commit record of a finished segment (after its media fsync)
-    work/<shot_id>/segment_NNNN/     a segment's intermediate (render.segment_render: per-clip
+    work/<shot_id>/segment_NNNN/     a segment's intermediate (render.shot.segment: per-clip
                                      commits); removed once the shot is published
     logs/<shot_id>/<attempt>.log     one log per attempt; logs/driver.log the driver's own
     groups/<name>.json               render group formations (node, actor pids)
@@ -29,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.durable import atomic_write_json, read_json
 from manifests import Shot, write_manifest
+from render.media.atomic import atomic_write_json, read_json
 
 RUN_FILE = "run.json"
 MANIFEST_FILE = "manifest.parquet"
@@ -166,8 +167,8 @@ class RunDir:
     def read_plan(self, shot_id: str) -> dict[str, Any] | None:
         return read_json(self.plan_file(shot_id))
 
-    def write_plan(self, shot_id: str, layout: dict[str, Any]) -> None:
-        atomic_write_json(self.plan_file(shot_id), layout)
+    def write_plan(self, shot_id: str, plan: dict[str, Any]) -> None:
+        atomic_write_json(self.plan_file(shot_id), plan)
 
     def read_published(self, shot_id: str) -> dict[str, Any] | None:
         return read_json(self.published_file(shot_id))

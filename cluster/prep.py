@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
-from cluster.durable import atomic_write_bytes
 from cluster.ledger import RunDir
 from cluster.settings import RunSettings
+from render.media.atomic import atomic_write_bytes
+from render.shot.condition import shot_prompts
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +27,6 @@ def save_obj(path: Any, obj: Any) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def shot_prompts(shot: Any) -> list[str]:
-    from render.config import S2V_NEGATIVE_PROMPT
-
-    return [shot.prompt, shot.negative_prompt or S2V_NEGATIVE_PROMPT]
 
 
 class PrepWorker:
@@ -48,9 +43,9 @@ class PrepWorker:
         if self._encoder is None:
             from pathlib import Path
 
-            from render.config import DiTConfig
-            from render.pipeline import T5_FILE, TOKENIZER_DIR
-            from render.text_encoder import load_text_encoder
+            from render.model.checkpoint import DiTConfig
+            from render.model.components import T5_FILE, TOKENIZER_DIR
+            from render.model.text_encoder import load_text_encoder
 
             ckpt = Path(self.settings.ckpt)
             text_len = DiTConfig.from_json(ckpt / "config.json").text_len
@@ -59,28 +54,29 @@ class PrepWorker:
                                               text_len=text_len)
         return self._encoder
 
-    def prepare(self, shots: list[Any], layouts: list[dict[str, Any]]) -> dict[str, str | None]:
+    def prepare(self, shots: list[Any], plans: list[dict[str, Any]]) -> dict[str, str | None]:
         """Embed the shots' missing prompts and compute their missing features.
 
         Returns {shot_id: None when ready, else the error} so one bad shot fails alone."""
-        from cluster.shot_work import ShotLayout, compute_features
-        from render.pipeline import S2VPipeline
+        from cluster.shot_work import compute_features
+        from render.model.components import S2VModels
+        from render.shot.plan import ShotPlan
 
-        todo = sorted({p for s in shots for p in shot_prompts(s) if not self.run.prompt_file(p).is_file()})
+        todo = sorted({p for s in shots for p in shot_prompts(s.prompt, s.negative_prompt) if not self.run.prompt_file(p).is_file()})
         if todo:
             for text, emb in zip(todo, self._text_encoder().encode(todo)):
                 save_obj(self.run.prompt_file(text), emb.float().cpu().contiguous())
             log.info("embedded %d prompts", len(todo))
         outcome: dict[str, str | None] = {}
-        for shot, raw_layout in zip(shots, layouts):
-            layout = ShotLayout.from_dict(raw_layout)
+        for shot, raw_plan in zip(shots, plans):
+            plan = ShotPlan.from_dict(raw_plan)
             try:
-                for seg in layout.segments:
+                for seg in plan.segments:
                     path = self.run.features_file(shot.shot_id, seg.index)
                     if not path.is_file():
                         if self._pipe is None:
-                            self._pipe = S2VPipeline(self.settings.ckpt, device="cpu")
-                        save_obj(path, compute_features(self._pipe, shot, layout, seg.index))
+                            self._pipe = S2VModels(self.settings.ckpt, device="cpu")
+                        save_obj(path, compute_features(self._pipe, shot, plan, seg.index))
                 outcome[shot.shot_id] = None
             except Exception as exc:  # reported per shot; the others of the chunk go on
                 log.exception("features of shot %s failed", shot.shot_id)

@@ -114,9 +114,9 @@ class RankWorker:
         dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world,
                                 timeout=timedelta(seconds=timeout_s))
         self.device = device
-        from render.pipeline import S2VPipeline
+        from render.model.components import S2VModels
 
-        pipe = S2VPipeline(self.settings.ckpt, device=device)
+        pipe = S2VModels(self.settings.ckpt, device=device)
         pipe.dit  # noqa: B018  (load now: a start failure must surface while forming the group)
         if self.rank == 0:  # the writer alone runs the VAE; the other ranks never load it
             pipe.vae  # noqa: B018
@@ -170,9 +170,9 @@ class RankWorker:
 
     # --- work ----------------------------------------------------------------------------------
 
-    def _conditioning(self, shot: Any, layout: Any, index: int, settings: Any) -> Any:
-        from cluster.prep import shot_prompts
-        from cluster.shot_work import build_conditioning, group_conditioning
+    def _conditioning(self, shot: Any, plan: Any, index: int, settings: Any) -> Any:
+        from cluster.shot_work import group_conditioning, segment_conditioning
+        from render.shot.condition import shot_prompts
 
         # Every rank gets the same tasks in the same order, so the caches hit or miss together
         # (a miss on one rank only would leave the others waiting in the broadcast).
@@ -181,12 +181,12 @@ class RankWorker:
             return self._cond_cache[1]
 
         def make() -> Any:  # the writer only (or a group of one)
-            prompt, negative = shot_prompts(shot)
+            prompt, negative = shot_prompts(shot.prompt, shot.negative_prompt)
             ctx = torch.load(self.run.prompt_file(prompt), map_location="cpu", weights_only=True)
             neg_ctx = torch.load(self.run.prompt_file(negative), map_location="cpu", weights_only=True)
             features_path = self.run.features_file(shot.shot_id, index)
             features = torch.load(features_path, map_location="cpu", weights_only=True)
-            return build_conditioning(self.pipe, shot, layout, settings, ctx, neg_ctx, features)
+            return segment_conditioning(self.pipe, shot, plan, index, settings, ctx, neg_ctx, features)
 
         cond = group_conditioning(self.sync, make)
         self._cond_cache = (key, cond)
@@ -194,11 +194,12 @@ class RankWorker:
 
     def render(self, task: dict[str, Any]) -> dict[str, Any]:
         """Render (or resume) one segment; rank 0 commits clips and the segment record."""
-        from cluster.durable import atomic_write_json
-        from cluster.shot_work import ShotLayout, render_segment
+        from cluster.shot_work import render_segment
+        from render.media.atomic import atomic_write_json
+        from render.shot.plan import ShotPlan
 
         shot, index, attempt = task["shot"], int(task["index"]), int(task["attempt"])
-        layout = ShotLayout.from_dict(task["layout"])
+        plan = ShotPlan.from_dict(task["plan"])
         handler = self._attach_log(shot.shot_id, attempt) if self.rank == 0 else None
         t0 = time.time()
         try:
@@ -208,8 +209,8 @@ class RankWorker:
             timer = _ClipTimer(self._rank_metrics() if self.rank == 0 else None, settings.steps)
             work_dir = self.run.work_dir(shot.shot_id)
             try:
-                cond = self._conditioning(shot, layout, index, settings)
-                outcome = render_segment(self.pipe, cond, layout, index, settings, work_dir, sync=self.sync,
+                cond = self._conditioning(shot, plan, index, settings)
+                outcome = render_segment(self.pipe, cond, plan, index, settings, work_dir, sync=self.sync,
                                          on_clip=lambda clip: timer.clip_done(settings.infer_frames),
                                          on_step=timer.on_step, before_commit=self._fence)
             except Exception as exc:
@@ -223,7 +224,7 @@ class RankWorker:
                 self._fence()
                 atomic_write_json(self.run.segment_record(shot.shot_id, index), {
                     "shot_id": shot.shot_id, "index": index, "frames": outcome.frames, "attempt": attempt,
-                    "clips": layout.segments[index].num_clips, "clips_rendered": outcome.clips_rendered,
+                    "clips": plan.segments[index].num_clips, "clips_rendered": outcome.clips_rendered,
                     "resumed_from_clip": outcome.resumed_from, "group": self.group, "work_dir": str(work_dir),
                     "committed_at": time.time(),
                 })

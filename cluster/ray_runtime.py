@@ -1,4 +1,5 @@
-"""Starting or joining Ray, bound to loopback unless the user opts in (DESIGN.md "Safety").
+"""Starting or joining Ray, bound to loopback unless the user opts in (nothing listens beyond
+this machine without an explicit choice).
 
 * ``--address local`` starts a private Ray on this machine: node address 127.0.0.1 with
   ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (with a 127.0.0.1 node address alone Ray would still

@@ -10,9 +10,9 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from cluster.durable import atomic_write_json
 from cluster.ledger import RunDir
 from manifests import ResultRow, Shot, write_results
+from render.media.atomic import atomic_write_json
 
 
 def _utc(ts: float | None) -> datetime | None:
@@ -57,19 +57,20 @@ def state_counts(run: RunDir, shots: Sequence[Shot]) -> Counter[str]:
     return Counter(shot_state(run, s.shot_id) for s in shots)
 
 
-def stitch_and_record(run_dir: str, shot: Shot, layout: dict[str, Any], settings: dict[str, Any],
+def stitch_and_record(run_dir: str, shot: Shot, plan: dict[str, Any], settings: dict[str, Any],
                       keep_work: bool = False) -> dict[str, Any]:
     """Runs as a Ray task outside the render groups: encode + mux + verify + publish the shot,
     then write its ``published.json`` (before the driver hears of it, so a driver crash right
     after publication does not lose it)."""
     from cluster.settings import RunSettings
-    from cluster.shot_work import ShotLayout, stitch_shot
+    from cluster.shot_work import stitch_shot
+    from render.shot.plan import ShotPlan
 
     run = RunDir(run_dir)
-    shot_layout = ShotLayout.from_dict(layout)
+    shot_plan = ShotPlan.from_dict(plan)
     render_settings = RunSettings.from_dict(settings).render_settings(shot)
     t0 = time.time()
-    published = stitch_shot(shot, shot_layout, render_settings, run.work_dir(shot.shot_id))
+    published = stitch_shot(shot, shot_plan, render_settings, run.work_dir(shot.shot_id))
     record = {**asdict(published), "published_at": time.time(), "stitch_seconds": time.time() - t0}
     atomic_write_json(run.published_file(shot.shot_id), record)
     if not keep_work:  # the intermediates are only needed until the shot is published

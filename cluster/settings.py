@@ -11,42 +11,62 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from manifests import Shot
-from render.config import RenderSettings
+from render.settings import (
+    DEFAULT_MIN_PARALLEL_SECONDS,
+    DEFAULT_OVERLAP_SECONDS,
+    DEFAULT_SETTINGS,
+    DEFAULT_TARGET_SECONDS,
+    RenderSettings,
+)
+
+# RenderSettings fields set once per run (the others come from each shot's manifest row).
+_RUN_RENDER_FIELDS = (
+    "infer_frames", "motion_frames", "fps", "official_frame_drop", "start_from_ref", "cfg_batch", "noise",
+    "crf",
+)
 
 
 @dataclass(frozen=True)
 class RunSettings:
     ckpt: str  # checkpoint folder (official layout), absolute
-    crf: int = 18
-    infer_frames: int = 80
-    motion_frames: int = 73
-    fps: int = 16
-    official_frame_drop: bool = False
-    start_from_ref: bool = False
-    cfg_batch: bool = True
-    noise: str = "cpu"
+    # Run-wide render parameters; their defaults are RenderSettings' (render.settings).
+    crf: int = DEFAULT_SETTINGS.crf
+    infer_frames: int = DEFAULT_SETTINGS.infer_frames
+    motion_frames: int = DEFAULT_SETTINGS.motion_frames
+    fps: int = DEFAULT_SETTINGS.fps
+    official_frame_drop: bool = DEFAULT_SETTINGS.official_frame_drop
+    start_from_ref: bool = DEFAULT_SETTINGS.start_from_ref
+    cfg_batch: bool = DEFAULT_SETTINGS.cfg_batch
+    noise: str = DEFAULT_SETTINGS.noise
     run_seed: int = 0  # seeds of shots whose manifest seed is null derive from it
     text_encoder_dtype: str = "float32"  # umT5 runs once per unique prompt, outside the groups
-    # How shots with segment_mode auto/parallel are split (render.segments).
-    segment_seconds: float = 30.0
-    overlap_seconds: float = 0.5
-    min_parallel_seconds: float = 60.0
+    # How shots with segment_mode auto/parallel are split (render.shot.plan).
+    segment_seconds: float = DEFAULT_TARGET_SECONDS
+    overlap_seconds: float = DEFAULT_OVERLAP_SECONDS
+    min_parallel_seconds: float = DEFAULT_MIN_PARALLEL_SECONDS
 
-    def segment_options(self) -> Any:
-        from cluster.shot_work import SegmentOptions
+    def __post_init__(self) -> None:
+        # The run-wide render parameters are checked now, by RenderSettings' own rules, so a bad
+        # --infer-frames fails when `s2v run` starts rather than when the first shot renders.
+        RenderSettings(**self._run_render_fields())
 
-        return SegmentOptions(self.segment_seconds, self.overlap_seconds, self.min_parallel_seconds)
+    def _run_render_fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _RUN_RENDER_FIELDS}
+
+    def segment_options(self, shot: Shot) -> Any:
+        """How ``shot`` is split: its manifest segment mode, this run's segment sizes."""
+        from render.shot.plan import SegmentOptions
+
+        return SegmentOptions(mode=shot.segment_mode, target_seconds=self.segment_seconds,
+                              overlap_seconds=self.overlap_seconds, min_parallel_seconds=self.min_parallel_seconds)
 
     def render_settings(self, shot: Shot) -> RenderSettings:
-        s = RenderSettings(
+        """The shot's settings (RenderSettings checks them on construction)."""
+        return RenderSettings(
             size=shot.size, steps=shot.steps, guidance=shot.guidance, shift=shot.shift,
             sampler=shot.sampler, seed=shot.seed, negative_prompt=shot.negative_prompt,
-            infer_frames=self.infer_frames, motion_frames=self.motion_frames, fps=self.fps,
-            official_frame_drop=self.official_frame_drop, start_from_ref=self.start_from_ref,
-            cfg_batch=self.cfg_batch, noise=self.noise, crf=self.crf,
+            **self._run_render_fields(),
         )
-        s.validate()
-        return s
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -19,7 +19,7 @@ import weakref
 import torch
 import torch.nn as nn
 
-from .triton_support import kernels, use_triton
+from kernels.triton_support import kernels, use_triton
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class FP8Linear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = weight_q.shape[1], weight_q.shape[0]
         self.out_dtype = out_dtype
-        # what render.dit.layers.linear casts the input to: the replaced layer's dtype, so the
+        # what render.model.dit.layers.linear casts the input to: the replaced layer's dtype, so the
         # rest of the model sees the same dtypes as before
         self.input_dtype = out_dtype
         self.register_buffer("weight_q", weight_q)

@@ -1,4 +1,4 @@
-"""Fused implementation of the DiT's glue (the methods of ``render.dit.layers.TorchGlue``).
+"""Fused implementation of the DiT's glue (the methods of ``render.model.dit.layers.TorchGlue``).
 
 Per block this replaces about twenty elementwise torch kernels (and the [B, L, D] gathers of
 the two-segment modulation) by five passes over the residual stream:
@@ -19,10 +19,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .fp8 import FP8Linear, quantize_rows
-from .norms import residual_layer_norm
-from .rope import rms_norm_rope
-from .triton_support import use_triton
+from kernels.fp8 import FP8Linear, quantize_rows
+from kernels.norms import residual_layer_norm
+from kernels.rope import rms_norm_rope
+from kernels.triton_support import use_triton
 
 
 class FusedGlue:

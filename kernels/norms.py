@@ -6,7 +6,7 @@ One call computes, per token row of a float32 residual stream ``x`` [B, L, D]:
     out = LayerNorm(x') * a[b, seg] + b_[b, seg]   (if norm; a, b_ optional)
 
 where ``seg`` is 0 for the first ``n_first`` tokens of a sample and 1 for the rest (noisy latents
-versus reference/motion tokens, SPEC §2.7). The modulation ``LN(x)(1 + scale) + shift`` is
+versus reference/motion tokens). The modulation ``LN(x)(1 + scale) + shift`` is
 ``a = 1 + scale, b_ = shift``; the affine ``norm3`` is ``a = weight, b_ = bias`` with one
 segment. On CUDA this is one Triton kernel reading ``x`` and ``y`` once and writing ``x'`` and
 ``out`` once; elsewhere the same arithmetic runs in torch (:func:`residual_layer_norm_reference`).
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .triton_support import kernels, use_triton
+from kernels.triton_support import kernels, use_triton
 
 MAX_FUSED_WIDTH = 16384  # one row per program, held in registers
 

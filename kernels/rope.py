@@ -2,7 +2,7 @@
 
 The official code rotates q and k with a complex float64 table; the DiT keeps the same angles
 as a float32 cos/sin pair per token and rotary pair ([L, head_dim / 2], built once per clip by
-``S2VDiT.prepare``) and rotates in float32 (``render.dit.rope.apply_rope_reference``). Here the
+``S2VDiT.prepare``) and rotates in float32 (``render.model.dit.rope.apply_rope_reference``). Here the
 RMSNorm over the full width (rounded to the row dtype exactly as the torch module does) and the
 rotation of every head run in one kernel: one read and one write of q (or k).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .triton_support import kernels, use_triton
+from kernels.triton_support import kernels, use_triton
 
 MAX_FUSED_WIDTH = 16384
 
@@ -20,7 +20,7 @@ def rms_norm_rope_reference(
     x: torch.Tensor, weight: torch.Tensor, eps: float,
     cos: torch.Tensor | None = None, sin: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Plain torch: RMSNorm of x [B, L, W] (as ``render.dit.layers.RMSNorm``), then, with cos/sin
+    """Plain torch: RMSNorm of x [B, L, W] (as ``render.model.dit.layers.RMSNorm``), then, with cos/sin
     [L, P], rotation of the interleaved pairs of each head (head_dim = 2P); x's dtype out."""
     xf = x.float()
     y = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)

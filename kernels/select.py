@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from . import attention
-from .fp8 import FP8Linear, convert_linears_to_fp8, scaled_mm_supported
-from .glue import FusedGlue
-from .norms import residual_layer_norm, residual_layer_norm_reference
-from .rope import rms_norm_rope, rms_norm_rope_reference
-from .triton_support import triton_status
+from kernels import attention
+from kernels.fp8 import FP8Linear, convert_linears_to_fp8, scaled_mm_supported
+from kernels.glue import FusedGlue
+from kernels.norms import residual_layer_norm, residual_layer_norm_reference
+from kernels.rope import rms_norm_rope, rms_norm_rope_reference
+from kernels.triton_support import triton_status
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def _install_fp8(dit: nn.Module, device: torch.device, report: OptimizationRepor
 
 def _install_fp8_attention(dit: nn.Module, device: torch.device) -> str:
     """Swap every block's self-attention for the fp8 one, after checking it on a small shape."""
-    from .fp8_attention import Fp8SelfAttention, cudnn_fp8_status, fp8_attention_reference
+    from kernels.fp8_attention import Fp8SelfAttention, cudnn_fp8_status, fp8_attention_reference
 
     if device.type != "cuda":
         dit.set_attention(self_attn=Fp8SelfAttention(reference_ok=True))

@@ -26,6 +26,6 @@ def use_triton(*tensors: torch.Tensor) -> bool:
 
 def kernels():
     """The Triton kernel module (imported on first use)."""
-    from . import _triton_kernels
+    from kernels import _triton_kernels
 
     return _triton_kernels

@@ -7,14 +7,15 @@ forbid nested protocol opens, so a playlist-like file cannot make FFmpeg read ot
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import av
 from PIL import Image
 
-#: reference images larger than this are refused before any pixel is decoded (a 64k x 64k PNG is
-#: a few hundred bytes on disk but gigabytes in memory). 50 MP covers any real camera frame.
-MAX_IMAGE_PIXELS = 50_000_000
+# The renderer's limit, so a manifest accepts exactly the reference images render-shot accepts.
+from render.media.image import MAX_IMAGE_PIXELS, pixel_limit_problem
+
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 
 #: demuxers we accept (FFmpeg short names). Anything else (playlists, concat lists, image2, raw
@@ -65,16 +66,22 @@ def check_video(path: Path) -> str | None:
 def check_image(path: Path) -> tuple[str, str] | None:
     """Returns None, or (rule, message) with rule "image-too-large" or "undecodable-image"."""
     try:
-        with open(path, "rb") as fh, Image.open(fh, formats=IMAGE_FORMATS) as img:
+        # Pillow warns from ~89 MP on; MAX_IMAGE_PIXELS is the policy, so the warning is noise.
+        with (
+            warnings.catch_warnings(action="ignore", category=Image.DecompressionBombWarning),
+            open(path, "rb") as fh,
+            Image.open(fh, formats=IMAGE_FORMATS) as img,
+        ):
             width, height = img.size  # header only: no pixels decoded yet
-            if width * height > MAX_IMAGE_PIXELS:
-                return (
-                    "image-too-large",
-                    f"{width}x{height} = {width * height} pixels exceeds the limit of {MAX_IMAGE_PIXELS}",
-                )
+            problem = pixel_limit_problem(width, height, MAX_IMAGE_PIXELS)
+            if problem is not None:
+                return "image-too-large", problem
             img.verify()
     except Image.DecompressionBombError as exc:
-        return "image-too-large", str(exc)
+        return (
+            "image-too-large",
+            f"{exc}; downscale the image to at most {MAX_IMAGE_PIXELS / 1e6:g} megapixels",
+        )
     except Exception as exc:  # PIL raises many exception types for corrupt data
         return (
             "undecodable-image",

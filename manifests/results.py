@@ -1,6 +1,6 @@
 """results.parquet: one row per shot of a run, written atomically.
 
-A published output without a record here is not done (DESIGN.md), so this file is rewritten
+A published output without a record here does not count as done, so this file is rewritten
 whole through temp file + fsync + rename; a reader never sees a partial table.
 Timestamps are timezone-aware UTC; naive datetimes are refused because their zone is unknowable.
 """

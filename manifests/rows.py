@@ -17,18 +17,13 @@ from manifests.paths import AllowedRoots, ResolvedPath, resolve_manifest_path
 from manifests.problems import ERROR, Problem, short_repr
 from manifests.schema import (
     COLUMN_BY_NAME,
-    GUIDANCE_RANGE,
     INT64_RANGE,
     MAX_PROMPT_CHARS,
     OUTPUT_SUFFIX,
     PATH,
-    SAMPLERS,
-    SEED_LIMIT,
-    SEGMENT_MODES,
-    STEPS_RANGE,
     is_valid_shot_id,
-    parse_size,
 )
+from render.settings import GUIDANCE_RANGE, SAMPLERS, SEED_LIMIT, SEGMENT_MODES, STEPS_RANGE, normalize_size
 
 
 class CellError(Exception):
@@ -73,11 +68,11 @@ def _identifier(value: str, name: str) -> str:
 
 
 def _size(value: str) -> str:
+    # The renderer's own parser: the manifest accepts exactly the sizes render-shot accepts.
     try:
-        parse_size(value)
+        return normalize_size(value)
     except ValueError as exc:
         raise CellError("bad-size", str(exc)) from exc
-    return value
 
 
 def _guidance(value: float) -> float:

@@ -1,16 +1,15 @@
 """The shot manifest: one Parquet row per shot to render.
 
-This module is the single description of the manifest's columns (names, kinds, defaults,
-limits), the normalised ``Shot`` a validated row becomes, and ``write_manifest``.
-Validation itself (every problem with row, column, value and rule) lives in
-``manifests.validate``; ``read_manifest`` is re-exported here for convenience.
+This module is the single description of the manifest's columns (names, kinds, defaults), the
+normalised ``Shot`` a validated row becomes, and ``write_manifest``. The render parameters'
+defaults, limits and the size rule are ``render.settings``'s, so a manifest accepts exactly what
+``s2v render-shot`` accepts. Validation itself (every problem with row, column, value and rule)
+lives in ``manifests.validate`` (``read_manifest``).
 
 Decisions recorded here (see also the module constants):
 
-* ``size`` is a *maximum area* written ``"A*B"`` (two decimal integers joined by ``*``), exactly like
-  the official ``--size``: only the product matters, the aspect ratio follows the reference image.
-  Accepted: the 8 official sizes, plus any other ``A*B`` whose sides are multiples of 16 and at
-  least 64, and whose area lies in [64*64, 1280*1280] (small areas make CPU demos possible).
+* ``size`` is a *maximum area*, parsed by ``render.settings.size_dims`` (``W*H`` or ``WxH``); a
+  valid size is stored in its canonical ``W*H`` spelling.
 * ``seed`` must be in [0, 2**32). A null seed is *derived* from the run seed and the shot id
   (``derive_seed``) and recorded in ``Shot.seed`` with ``Shot.seed_source == "derived"``; a
   random seed is never drawn.
@@ -31,6 +30,16 @@ from typing import Any
 import pyarrow as pa
 
 from manifests.atomic import atomic_write_table
+from render.settings import (
+    DEFAULT_SEGMENT_MODE,
+    DEFAULT_SETTINGS,
+    GUIDANCE_RANGE,
+    SAMPLERS,
+    SEGMENT_MODES,
+    STEPS_RANGE,
+    parse_size,
+)
+from render.settings import SEED_LIMIT as SEED_LIMIT  # re-exported: s2v.demo checks seeds with it
 
 # --- limits and choices -------------------------------------------------------------------------
 
@@ -40,33 +49,12 @@ from manifests.atomic import atomic_write_table
 SHOT_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 MAX_PROMPT_CHARS = 10_000
 
-#: the ``--size`` choices of the official generate.py (max areas; aspect follows the image).
-OFFICIAL_SIZES: tuple[str, ...] = (
-    "720*1280",
-    "1280*720",
-    "480*832",
-    "832*480",
-    "1024*704",
-    "704*1024",
-    "704*1280",
-    "1280*704",
-)
-DEFAULT_SIZE = "832*480"
-SIZE_SIDE_MULTIPLE = 16
-MIN_SIZE_SIDE = 64
-MIN_AREA = 64 * 64
-MAX_AREA = 1280 * 1280
-
-SEED_LIMIT = 2**32  # seeds live in [0, SEED_LIMIT)
-DEFAULT_STEPS = 40
-STEPS_RANGE = (1, 1000)
-DEFAULT_GUIDANCE = 4.5
-GUIDANCE_RANGE = (0.0, 50.0)
-DEFAULT_SHIFT = 3.0
-SAMPLERS: tuple[str, ...] = ("unipc", "dpm++")
-DEFAULT_SAMPLER = "unipc"  # official default solver
-SEGMENT_MODES: tuple[str, ...] = ("auto", "sequential", "parallel")
-DEFAULT_SEGMENT_MODE = "auto"
+# The render parameters' defaults are RenderSettings' (named here for the column table and Shot).
+DEFAULT_SIZE = DEFAULT_SETTINGS.size
+DEFAULT_STEPS = DEFAULT_SETTINGS.steps
+DEFAULT_GUIDANCE = DEFAULT_SETTINGS.guidance
+DEFAULT_SHIFT = DEFAULT_SETTINGS.shift
+DEFAULT_SAMPLER = DEFAULT_SETTINGS.sampler
 OUTPUT_SUFFIX = ".mp4"
 INT64_RANGE = (-(2**63), 2**63 - 1)
 
@@ -91,18 +79,20 @@ COLUMNS: tuple[ColumnSpec, ...] = (
     ColumnSpec("image", PATH, True, None, pa.string(), "reference image file"),
     ColumnSpec("prompt", STRING, True, None, pa.string(), "non-empty text, at most 10k characters"),
     ColumnSpec("negative_prompt", STRING, False, None, pa.string(), "null/empty -> model default"),
-    ColumnSpec("size", STRING, False, DEFAULT_SIZE, pa.string(), "max area 'A*B'"),
+    ColumnSpec("size", STRING, False, DEFAULT_SIZE, pa.string(), "max area 'W*H' or 'WxH'"),
     ColumnSpec("seed", INT, False, None, pa.int64(), "[0, 2**32); null -> derived from run seed"),
-    ColumnSpec("steps", INT, False, DEFAULT_STEPS, pa.int64(), "sampling steps, 1..1000"),
-    ColumnSpec("guidance", FLOAT, False, DEFAULT_GUIDANCE, pa.float64(), "CFG scale, 0..50"),
-    ColumnSpec("sampler", STRING, False, DEFAULT_SAMPLER, pa.string(), "'unipc' or 'dpm++'"),
+    ColumnSpec("steps", INT, False, DEFAULT_STEPS, pa.int64(), "sampling steps, {}..{}".format(*STEPS_RANGE)),
+    ColumnSpec(
+        "guidance", FLOAT, False, DEFAULT_GUIDANCE, pa.float64(), "CFG scale, {:g}..{:g}".format(*GUIDANCE_RANGE)
+    ),
+    ColumnSpec("sampler", STRING, False, DEFAULT_SAMPLER, pa.string(), " or ".join(map(repr, SAMPLERS))),
     ColumnSpec("shift", FLOAT, False, DEFAULT_SHIFT, pa.float64(), "noise schedule shift, > 0"),
     ColumnSpec("pose_video", PATH, False, None, pa.string(), "optional pose driving video"),
     ColumnSpec("output", PATH, True, None, pa.string(), "output file, must end in .mp4"),
     ColumnSpec("priority", INT, False, 0, pa.int64(), "higher renders earlier"),
     ColumnSpec("sequence", STRING, False, None, pa.string(), "groups shots into one film"),
     ColumnSpec("order", INT, False, None, pa.int64(), "position in the film, >= 0"),
-    ColumnSpec("segment_mode", STRING, False, DEFAULT_SEGMENT_MODE, pa.string(), "auto|sequential|parallel"),
+    ColumnSpec("segment_mode", STRING, False, DEFAULT_SEGMENT_MODE, pa.string(), "|".join(SEGMENT_MODES)),
 )
 COLUMN_BY_NAME: dict[str, ColumnSpec] = {c.name: c for c in COLUMNS}
 REQUIRED_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.required)
@@ -118,24 +108,6 @@ MANIFEST_SCHEMA = pa.schema([pa.field(c.name, c.arrow_type, nullable=not c.requi
 
 def is_valid_shot_id(text: str) -> bool:
     return bool(SHOT_ID_PATTERN.fullmatch(text)) and set(text) != {"."}
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"832*480"`` -> ``(832, 480)``; raises ValueError saying what is accepted."""
-    m = re.fullmatch(r"([0-9]{1,5})\*([0-9]{1,5})", text)
-    if m is None:
-        raise ValueError(f"size {text!r} is not of the form 'A*B' (e.g. {DEFAULT_SIZE!r})")
-    a, b = int(m.group(1)), int(m.group(2))
-    if text in OFFICIAL_SIZES:
-        return a, b
-    if a % SIZE_SIDE_MULTIPLE or b % SIZE_SIDE_MULTIPLE or min(a, b) < MIN_SIZE_SIDE:
-        raise ValueError(
-            f"size {text!r}: both sides must be multiples of {SIZE_SIDE_MULTIPLE} and at least "
-            f"{MIN_SIZE_SIDE} (official sizes: {', '.join(OFFICIAL_SIZES)})"
-        )
-    if not MIN_AREA <= a * b <= MAX_AREA:
-        raise ValueError(f"size {text!r}: area {a * b} outside [{MIN_AREA}, {MAX_AREA}] (64*64 .. 1280*1280)")
-    return a, b
 
 
 def derive_seed(run_seed: int, shot_id: str) -> int:
@@ -177,8 +149,7 @@ class Shot:
 
     @property
     def max_area(self) -> int:
-        a, b = parse_size(self.size)
-        return a * b
+        return parse_size(self.size)
 
     def to_row(self) -> dict[str, Any]:
         """The manifest row of this shot (paths as strings, the resolved seed written out)."""
@@ -249,17 +220,3 @@ def write_manifest(
         shots_or_rows if isinstance(shots_or_rows, pa.Table) else rows_to_table(shots_or_rows, strict=strict)
     )
     return atomic_write_table(table, Path(path))
-
-
-def read_manifest(
-    path: str | Path,
-    allowed_roots: Sequence[str | Path] | None = None,
-    base_dir: str | Path | None = None,
-    *,
-    run_seed: int = 0,
-    check_media: bool = True,
-) -> list[Shot]:
-    """Validate and normalise a manifest (see ``manifests.validate.read_manifest``)."""
-    from manifests.validate import read_manifest as _impl  # late import: validate imports schema
-
-    return _impl(path, allowed_roots, base_dir, run_seed=run_seed, check_media=check_media)

@@ -1,6 +1,7 @@
 """Multi-GPU execution of the S2V DiT: sequence (Ulysses + ring), CFG and weight parallelism.
 
-``render/`` stays single-device; this package transforms a built model::
+``render/`` keeps the one single-device forward; this package shards the work around it on a
+built model (``dit.sharding``, a swapped self-attention, FSDP2 units)::
 
     dims = ParallelDims(ulysses=2, ring=1, cfg=2)      # world size 4
     ctx = ParallelContext.create(dims, group=None, device=device)
@@ -13,11 +14,12 @@ writes, the others receive what they need from it).
 
 from __future__ import annotations
 
-from .chain_sync import ChainDivergedError, ChainSyncError, GroupChainSync
-from .context import ParallelContext
-from .dims import ParallelDims
-from .dit import ParallelS2VDiT, ShardedCondition, deparallelize_dit, parallelize_dit
-from .layout import ShardLayout
+from parallel.chain_sync import ChainDivergedError, ChainSyncError, GroupChainSync
+from parallel.context import GroupCache, ParallelContext
+from parallel.dims import ParallelDims
+from parallel.dit import DiTSharding, ShardedCondition, deparallelize_dit, is_parallelized, parallelize_dit
+from parallel.layout import ShardLayout
 
-__all__ = ["ParallelDims", "ParallelContext", "parallelize_dit", "ParallelS2VDiT", "ShardedCondition",
-           "ShardLayout", "deparallelize_dit", "GroupChainSync", "ChainSyncError", "ChainDivergedError"]
+__all__ = ["ParallelDims", "ParallelContext", "GroupCache", "parallelize_dit", "is_parallelized", "DiTSharding",
+           "ShardedCondition", "ShardLayout", "deparallelize_dit", "GroupChainSync", "ChainSyncError",
+           "ChainDivergedError"]

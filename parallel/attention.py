@@ -24,10 +24,9 @@ import torch
 import torch.distributed as dist
 
 from kernels.attention import AttentionFn, attention_reference
-
-from .comm import gather_heads_scatter_seq, scatter_heads_gather_seq
-from .context import ParallelContext
-from .layout import KeyPlan
+from parallel.comm import gather_heads_scatter_seq, scatter_heads_gather_seq
+from parallel.context import ParallelContext
+from parallel.layout import KeyPlan
 
 log = logging.getLogger(__name__)
 

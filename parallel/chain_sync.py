@@ -1,4 +1,4 @@
-"""The render group's chain hook (``render.clip_loop.ChainSync``) over torch.distributed.
+"""The render group's chain hook (``render.model.clip_loop.ChainSync``) over torch.distributed.
 
 One rank of a group, the writer, runs the VAE and writes every file; the others only run the
 sequence-parallel DiT. What they need from the writer (the shot's conditioning, the motion

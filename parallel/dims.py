@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from render.config import DiTConfig
+from render.model.checkpoint import DiTConfig
 
 ATTENTION_ENGINES = ("auto", "torch", "yunchang")
 

@@ -2,7 +2,10 @@
 
 After :func:`parallelize_dit` every rank of the group calls ``dit.prepare(...)`` and
 ``dit.denoise(x, t, cond)`` exactly as on one device, with the same full inputs, and gets the
-same full output. Inside:
+same full output. The model keeps its one single-device forward (``render/model/dit/model.py``);
+:class:`DiTSharding`, installed as ``dit.sharding``, only chooses what each rank feeds it and
+combines what it returns, and the self-attention function of every block is swapped for the
+sequence-parallel one. Inside:
 
 * CFG parallel: a batch whose size the cfg degree divides (the clip loop's conditional +
   unconditional batch of 2) is split; cfg rank c computes batch slice c and the predictions
@@ -18,26 +21,26 @@ same full output. Inside:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 
 from kernels.attention import AttentionFn
-from render.dit.model import S2VCondition, S2VDiT
-
-from .attention import SequenceParallelAttention, SequenceShardState
-from .comm import all_gather_dim0, gather_frames
-from .context import ParallelContext
-from .layout import KeyPlan, ShardLayout
-from .yunchang_engine import YunchangUlyssesAttention, resolve_engine
+from parallel.attention import SequenceParallelAttention, SequenceShardState
+from parallel.comm import all_gather_dim0, gather_frames
+from parallel.context import ParallelContext
+from parallel.layout import KeyPlan, ShardLayout
+from parallel.yunchang_engine import YunchangUlyssesAttention, resolve_engine
+from render.model.dit.model import S2VCondition, S2VDiT
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ShardedCondition:
-    """What :meth:`ParallelS2VDiT.prepare` returns: this rank's share of an S2VCondition."""
+    """What a parallelized DiT's ``prepare`` returns: this rank's share of an S2VCondition."""
 
     local: S2VCondition  # grid = (local frames, gh, gw); extra_tokens include the padding
     layout: ShardLayout
@@ -60,44 +63,34 @@ class ShardedCondition:
         return self.layout.seq_len
 
 
-class ParallelS2VDiT(S2VDiT):
-    """S2VDiT whose prepare/denoise shard the work over a :class:`ParallelContext`.
+class DiTSharding:
+    """The :class:`~render.model.dit.model.ForwardSharding` of a parallelized DiT.
 
-    Instances are made by :func:`parallelize_dit` (the class of a built model is swapped, as
-    FSDP2 does), never constructed directly.
+    Made by :func:`parallelize_dit`, never directly. Holds no model weights: ``prepare`` and
+    ``denoise`` wrap the model's own single-device steps, which it is handed on each call.
     """
 
-    parallel_ctx: ParallelContext
-    _sp_state: SequenceShardState
-    _weights_sharded: bool
+    def __init__(self, ctx: ParallelContext, engine: str, dit: S2VDiT):
+        self.ctx = ctx
+        self.attn_cls = YunchangUlyssesAttention if engine == "yunchang" else SequenceParallelAttention
+        self.state = SequenceShardState()  # the key plan of the forward in progress, read by attention
+        self.blocks = dit.blocks  # to project the text keys/values with unsharded weights
+        self.patch_t = dit.cfg.patch_size[0]
+        self.weights_sharded = False
+        self._warned_cfg_batch = False
 
-    # -- attention hooks -------------------------------------------------------------------
-    def set_attention(self, self_attn: AttentionFn | None = None, cross_attn: AttentionFn | None = None,
-                      audio_attn: AttentionFn | None = None) -> None:
-        """As on one device; a self-attention function becomes the local kernel of the
-        sequence-parallel attention instead of replacing it."""
-        super().set_attention(None, cross_attn, audio_attn)
-        if self_attn is not None:
-            for blk in self.blocks:
-                blk.self_attn.attn_fn.local_attn = self_attn
+    def self_attention(self, local: AttentionFn) -> AttentionFn:
+        return self.attn_cls(self.ctx, local, self.state)
 
     # -- per-clip preparation --------------------------------------------------------------
-    def prepare(
-        self,
-        latent_shape: Sequence[int],
-        context: torch.Tensor | Sequence[torch.Tensor],
-        ref_latents: torch.Tensor,
-        motion_latents: torch.Tensor | None,
-        cond_states: torch.Tensor | None,
-        audio_input: torch.Tensor,
-        motion_frames: Sequence[int] = (73, 19),
-        drop_motion_frames: bool = False,
-        cache_context_kv: bool = False,
-    ) -> ShardedCondition:
-        ctx = self.parallel_ctx
+    def prepare(self, prepare: Callable[..., S2VCondition], latent_shape: Sequence[int],
+                context: torch.Tensor | Sequence[torch.Tensor], ref_latents: torch.Tensor,
+                motion_latents: torch.Tensor | None, cond_states: torch.Tensor | None, audio_input: torch.Tensor,
+                motion_frames: Sequence[int], drop_motion_frames: bool, cache_context_kv: bool) -> ShardedCondition:
+        ctx = self.ctx
         batch = ref_latents.shape[0] if ref_latents.dim() == 5 else 1
         cfg_split = ctx.dims.cfg > 1 and batch % ctx.dims.cfg == 0
-        if ctx.dims.cfg > 1 and not cfg_split and not getattr(self, "_warned_cfg_batch", False):
+        if ctx.dims.cfg > 1 and not cfg_split and not self._warned_cfg_batch:
             self._warned_cfg_batch = True
             log.warning("batch %d is not divisible by cfg=%d: every cfg rank computes the whole batch "
                         "(pass conditional and unconditional as one batch, RenderSettings.cfg_batch)",
@@ -107,12 +100,20 @@ class ParallelS2VDiT(S2VDiT):
             context = pick(context)
             ref_latents, motion_latents, cond_states, audio_input = (
                 pick(t) for t in (ref_latents, motion_latents, cond_states, audio_input))
-        full = super().prepare(latent_shape, context, ref_latents, motion_latents, cond_states, audio_input,
-                               motion_frames, drop_motion_frames,
-                               cache_context_kv=cache_context_kv and not self._weights_sharded)
-        if cache_context_kv and self._weights_sharded:
+        # FSDP2 all-gathers a block's weights around its forward only, and projecting the text
+        # is not a forward: with sharded weights the keys/values are projected here, unsharded.
+        kv_inside = cache_context_kv and not self.weights_sharded
+        full = prepare(latent_shape, context, ref_latents, motion_latents, cond_states, audio_input,
+                       motion_frames, drop_motion_frames, kv_inside)
+        if cache_context_kv and not kv_inside:
             full.context_kv = [_with_unsharded(blk, lambda b: b.cross_attn.project_context(full.context))
                                for blk in self.blocks]
+        return self._shard(full, batch, cfg_split)
+
+    def _shard(self, full: S2VCondition, batch: int, cfg_split: bool) -> ShardedCondition:
+        """This rank's frames, share of the extra tokens (zero-padded to the common length) and
+        their RoPE angles (padding: the identity rotation)."""
+        ctx = self.ctx
         gf, gh, gw = full.grid
         dims = ctx.dims
         layout = ShardLayout.make(gf, gh * gw, full.extra_tokens.shape[1], dims.sp)
@@ -141,68 +142,29 @@ class ParallelS2VDiT(S2VDiT):
         return ShardedCondition(local, layout, plan, full.grid, batch, cfg_split, ctx.sp_rank)
 
     # -- one forward -----------------------------------------------------------------------
-    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: ShardedCondition) -> torch.Tensor:
+    def denoise(self, denoise: Callable[[torch.Tensor, torch.Tensor, S2VCondition], torch.Tensor],
+                x: torch.Tensor, t: torch.Tensor, cond: ShardedCondition) -> torch.Tensor:
         if not isinstance(cond, ShardedCondition):
             raise TypeError("a parallelized DiT needs the condition from its own prepare(), got "
                             f"{type(cond).__name__}")
-        ctx = self.parallel_ctx
-        squeeze = x.dim() == 4
-        x = x if x.dim() == 5 else x.unsqueeze(0)
-        b = x.shape[0]
-        t = torch.as_tensor(t, device=x.device).reshape(-1)
-        t = t.expand(b) if t.numel() == 1 else t
+        ctx = self.ctx
         if cond.cfg_split:
-            if b != cond.batch:
-                raise ValueError(f"denoise got a batch of {b}, but prepare() split a batch of {cond.batch} "
-                                 "across the cfg ranks: call both with the same batch")
-            pick = _batch_slicer(b, ctx.dims.cfg, ctx.cfg_rank)
+            if x.shape[0] != cond.batch:
+                raise ValueError(f"denoise got a batch of {x.shape[0]}, but prepare() split a batch of "
+                                 f"{cond.batch} across the cfg ranks: call both with the same batch")
+            pick = _batch_slicer(cond.batch, ctx.dims.cfg, ctx.cfg_rank)
             x, t = pick(x), pick(t)
-        loc = cond.local
         me = cond.layout.ranks[cond.sp_rank]
-        pt = self.cfg.patch_size[0]
-        bl = x.shape[0]
-        dim = self.cfg.dim
-        if me.frames > 0:
-            tokens = self._patchify(self.patch_embedding, x[:, :, me.frame_start * pt: me.frame_end * pt])
-            tokens = tokens + loc.noisy_bias
-        else:
-            tokens = x.new_zeros(bl, 0, dim, dtype=torch.float32)
-        h = torch.cat([tokens, loc.extra_tokens.expand(bl, -1, -1)], dim=1)
-        e, e0 = self.time_embeddings(t)
-        e0 = torch.stack([e0, loc.e0_zero.expand(bl, -1, -1)], dim=1)
-        self._sp_state.key_plan = cond.key_plan
+        pt = self.patch_t
+        self.state.key_plan = cond.key_plan
         try:
-            h = self.run_blocks(h, e0, loc)
+            out = denoise(x[:, :, me.frame_start * pt: me.frame_end * pt], t, cond.local)
         finally:
-            self._sp_state.key_plan = None
-        out = self.head(h[:, : loc.num_noisy], e)
-        out = self.unpatchify(out, loc.grid)  # [bl, C, frames * pt, H, W]
-        counts = [r.frames * pt for r in cond.layout.ranks]
-        out = gather_frames(out, counts, ctx.sp_group, frame_dim=2)
+            self.state.key_plan = None
+        out = gather_frames(out, [r.frames * pt for r in cond.layout.ranks], ctx.sp_group, frame_dim=2)
         if cond.cfg_split:
             out = all_gather_dim0(out, ctx.cfg_group, ctx.dims.cfg)
-        return out[0] if squeeze else out
-
-    def run_blocks(self, h: torch.Tensor, e0: torch.Tensor, cond: S2VCondition) -> torch.Tensor:
-        n = cond.num_noisy
-        sharded = self._weights_sharded
-        for i, blk in enumerate(self.blocks):
-            if sharded and i + 1 < len(self.blocks):
-                self.blocks[i + 1].unshard(async_op=True)  # overlap the next block's all-gather
-            kv = cond.context_kv[i] if cond.context_kv is not None else None
-            h = blk(h, e0, n, cond.rope_cos, cond.rope_sin, context=cond.context, context_kv=kv)
-            k = self.injector_of_block.get(i)
-            if k is None:
-                continue
-            if n > 0:
-                res = self.audio_injector(k, h[:, :n], cond.audio_tokens, cond.audio_global)
-                h = torch.cat([h[:, :n] + res, h[:, n:]], dim=1)
-            elif sharded:
-                # No frames here, but the injector's weights are all-gathered by every rank:
-                # take part with one dummy token (result unused).
-                z = h.new_zeros(h.shape[0], 1, 1, h.shape[-1])
-                self.audio_injector(k, z[:, 0], z.expand(-1, -1, cond.audio_tokens.shape[2], -1), z)
-        return h
+        return out
 
 
 def _batch_slicer(batch: int, parts: int, index: int):
@@ -231,6 +193,42 @@ def _with_unsharded(module, fn):
         module.reshard()
 
 
+def _embed_without_frames(conv: nn.Conv3d) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``conv.forward`` that also takes an empty time axis (conv3d refuses one): the patch
+    embedding of a rank that holds no latent frames."""
+    forward = conv.forward
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[2] > 0:
+            return forward(x)
+        return x.new_zeros(x.shape[0], conv.out_channels, 0, x.shape[3] // conv.stride[1], x.shape[4] // conv.stride[2])
+
+    return run
+
+
+def _inject_without_frames(injector: nn.Module, sharding: DiTSharding) -> Callable[..., torch.Tensor]:
+    """``AudioInjector.forward`` that also takes zero latent frames (its reshape cannot): the
+    residual of a rank that holds no frames is empty."""
+    forward = injector.forward
+
+    def run(k: int, noisy: torch.Tensor, audio_tokens: torch.Tensor, audio_global: torch.Tensor) -> torch.Tensor:
+        if audio_tokens.shape[1] > 0:
+            return forward(k, noisy, audio_tokens, audio_global)
+        if sharding.weights_sharded:
+            # The other ranks all-gather this injector's weight shards (a collective this rank
+            # must join): run it on one dummy frame of one token and drop the result.
+            b, d = noisy.shape[0], noisy.shape[-1]
+            forward(k, noisy.new_zeros(b, 1, d), audio_tokens.new_zeros(b, 1, *audio_tokens.shape[2:]),
+                    audio_global.new_zeros(b, 1, *audio_global.shape[2:]))
+        return noisy.new_zeros(noisy.shape, dtype=torch.float32)
+
+    return run
+
+
+def is_parallelized(dit: S2VDiT) -> bool:
+    return dit.sharding is not None
+
+
 def parallelize_dit(dit: S2VDiT, ctx: ParallelContext) -> S2VDiT:
     """Make ``dit`` (built, weights loaded, on ``ctx.device``) run on ``ctx``'s group, in place.
 
@@ -238,42 +236,40 @@ def parallelize_dit(dit: S2VDiT, ctx: ParallelContext) -> S2VDiT:
     """
     dims = ctx.dims
     dims.validate(dit.cfg)
-    if isinstance(dit, ParallelS2VDiT):
+    if is_parallelized(dit):
         raise ValueError("this DiT is already parallelized")
     if ctx.is_trivial:
         return dit
     engine = resolve_engine(dims.attention_engine)
-    attn_cls = YunchangUlyssesAttention if engine == "yunchang" else SequenceParallelAttention
-    state = SequenceShardState()
-    dit.__class__ = ParallelS2VDiT
-    dit.parallel_ctx = ctx
-    dit._sp_state = state
-    dit._weights_sharded = False
+    sharding = DiTSharding(ctx, engine, dit)
     for blk in dit.blocks:
-        blk.self_attn.attn_fn = attn_cls(ctx, blk.self_attn.attn_fn, state)
+        blk.self_attn.attn_fn = sharding.self_attention(blk.self_attn.attn_fn)
+    dit.patch_embedding.forward = _embed_without_frames(dit.patch_embedding)
+    dit.audio_injector.forward = _inject_without_frames(dit.audio_injector, sharding)
     if dims.shard_weights:
-        from .fsdp import shard_dit_weights
+        from parallel.fsdp import shard_dit_weights
 
-        shard_dit_weights(dit, ctx)
-        dit._weights_sharded = True
+        sharding.weights_sharded = shard_dit_weights(dit, ctx)
+    dit.sharding = sharding
     log.info("parallel DiT: %s; self-attention engine %s (requested %r): ulysses all-to-all %s, ring "
              "batch_isend_irecv + log-sum-exp merge; frame-local audio injection", dims.describe(), engine,
              dims.attention_engine, "yunchang SeqAllToAll4D" if engine == "yunchang" else "all_to_all_single")
     return dit
 
 
-__all__ = ["ParallelS2VDiT", "ShardedCondition", "parallelize_dit", "deparallelize_dit"]
-
-
 def deparallelize_dit(dit: S2VDiT) -> S2VDiT:
     """Undo :func:`parallelize_dit` (in place) for a model whose weights are not sharded."""
-    if not isinstance(dit, ParallelS2VDiT):
+    sharding = dit.sharding
+    if sharding is None:
         return dit
-    if dit._weights_sharded:
+    if sharding.weights_sharded:
         raise ValueError("the weights of this DiT are sharded (FSDP2): build and load a new model instead")
     for blk in dit.blocks:
         blk.self_attn.attn_fn = blk.self_attn.attn_fn.local_attn
-    for name in ("parallel_ctx", "_sp_state", "_weights_sharded", "_warned_cfg_batch"):
-        dit.__dict__.pop(name, None)
-    dit.__class__ = S2VDiT
+    del dit.patch_embedding.forward  # the class's own forward again
+    del dit.audio_injector.forward
+    dit.sharding = None
     return dit
+
+
+__all__ = ["DiTSharding", "ShardedCondition", "is_parallelized", "parallelize_dit", "deparallelize_dit"]

@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from .attention import SequenceParallelAttention, ring_attention
+from parallel.attention import SequenceParallelAttention, ring_attention
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,11 @@ from pathlib import Path
 import av
 import numpy as np
 
-from .audio_stream import soundtrack_info, stream_audio_layout
-from .publish import publish_atomically, temp_path_for, verify_video
-from .stitch import encode_film
+from render.media.atomic import atomic_write_text
+from render.media.audio import audio_length, soundtrack_info, stream_audio_layout
+from render.media.mp4 import encode_film
+from render.media.publish import atomic_output, verify_video
+from render.media.video import probe_video
 
 FILM_AUDIO_RATE = 48000
 
@@ -157,16 +159,6 @@ def _audio_chunks(entries: Sequence[FilmEntry], layout: str, channels: int, end_
         raise RuntimeError(f"film audio ran {pos - end_sample} samples past the film's end")
 
 
-def _publish_text(path: Path, text: str) -> None:
-    tmp = temp_path_for(path)
-    try:
-        tmp.write_text(text)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    publish_atomically(tmp, path, None)
-
-
 def edl_text(entries: Sequence[FilmEntry], title: str) -> str:
     """CMX 3600 EDL: one cut event per shot (video + audio), source and record timecodes."""
     lines = [f"TITLE: {title}", "FCM: NON-DROP FRAME", ""]
@@ -198,9 +190,6 @@ def assemble_film(shots: Sequence, out_path: str | Path, *, size: str | None = N
                   codec: str = "libx264", preset: str = "medium", audio_source: str = "original") -> FilmResult:
     """One film of ``shots`` (already in film order, see ``film_shots``; each needs ``shot_id``,
     ``output`` (its published MP4), ``audio``, ``sequence``, ``order``)."""
-    from .audio_stream import audio_length
-    from .video_writer import probe_video
-
     t0 = time.time()
     out_path = Path(out_path)
     if not out_path.parent.is_dir():
@@ -220,9 +209,9 @@ def assemble_film(shots: Sequence, out_path: str | Path, *, size: str | None = N
         raise ValueError(f"shots have different frame rates ({detail}); render them at one rate")
     fps = rates.pop()
     if size is not None:
-        from .sizing import parse_size
+        from render.settings import size_dims
 
-        width, height = parse_size(size)
+        width, height = size_dims(size)
     else:
         width, height = max(((i.width, i.height) for i in infos), key=lambda wh: (wh[0] * wh[1], wh))
     if width % 2 or height % 2:
@@ -242,21 +231,16 @@ def assemble_film(shots: Sequence, out_path: str | Path, *, size: str | None = N
     end_sample = entries[-1].audio_start_sample + entries[-1].audio_samples
     chapters = [{"id": e.index + 1, "start": e.start_frame, "end": e.start_frame + e.frames,
                  "time_base": Fraction(1, fps), "metadata": {"title": e.shot_id}} for e in entries]
-    tmp = temp_path_for(out_path)
-    try:
+    verify = functools.partial(verify_video, expected_frames=total, expected_duration_s=total / fps)
+    with atomic_output(out_path, verify) as tmp:
         written, samples = encode_film(_video_frames(entries, width, height), total, width, height, fps,
                                        _audio_chunks(entries, layout, channels, end_sample, audio_paths),
                                        FILM_AUDIO_RATE, channels, layout, tmp, crf, codec, preset, chapters)
         if written != total or samples != end_sample:
             raise ValueError(f"film: wrote {written} frames / {samples} samples, expected {total} / {end_sample}")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    verify = functools.partial(verify_video, expected_frames=total, expected_duration_s=total / fps)
-    publish_atomically(tmp, out_path, verify)
     edl, csv_path = out_path.with_suffix(".edl"), out_path.with_suffix(".csv")
-    _publish_text(edl, edl_text(entries, out_path.stem))
-    _publish_text(csv_path, csv_text(entries))
+    atomic_write_text(edl, edl_text(entries, out_path.stem))
+    atomic_write_text(csv_path, csv_text(entries))
     return FilmResult(out_path, edl, csv_path, tuple(entries), total, fps, total / fps, width, height,
                       time.time() - t0)
 

@@ -16,20 +16,31 @@ EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 
 
 def _add_render_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", default="832*480", help="maximum area W*H; aspect follows the image (default 832*480)")
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--guidance", type=float, default=4.5)
-    p.add_argument("--shift", type=float, default=3.0)
-    p.add_argument("--sampler", default="unipc", choices=["unipc", "dpm++"])
-    p.add_argument("--seed", type=int, default=42, help="in [0, 2^32)")
-    p.add_argument("--negative-prompt", default=None, help="default: the official S2V negative prompt")
+    # Every default is RenderSettings' (render.settings); the help only shows it.
+    from render.settings import DEFAULT_SETTINGS as d
+    from render.settings import GUIDANCE_RANGE, SAMPLERS, STEPS_RANGE
+
+    p.add_argument("--size", default=d.size,
+                   help=f"maximum area W*H (or WxH); the aspect ratio follows the image (default {d.size})")
+    p.add_argument("--steps", type=int, default=d.steps,
+                   help="sampling steps, {}..{} (default {})".format(*STEPS_RANGE, d.steps))
+    p.add_argument("--guidance", type=float, default=d.guidance,
+                   help="classifier-free guidance scale, {:g}..{:g} (default {:g})".format(
+                       *GUIDANCE_RANGE, d.guidance))
+    p.add_argument("--shift", type=float, default=d.shift,
+                   help=f"noise schedule shift, > 0 (default {d.shift:g})")
+    p.add_argument("--sampler", default=d.sampler, choices=SAMPLERS, help=f"(default {d.sampler})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"in [0, 2^32) (default {d.seed})")
+    p.add_argument("--negative-prompt", default=d.negative_prompt,
+                   help="default: the official S2V negative prompt")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--crf", type=int, default=18, help="H.264 quality, 0 (lossless) .. 51")
+    p.add_argument("--crf", type=int, default=d.crf,
+                   help=f"H.264 quality, 0 (lossless) .. 51 (default {d.crf})")
     p.add_argument("--official-frame-drop", action="store_true",
                    help="drop clip 0's first 3 frames like the official code (video 3 frames ahead of audio)")
     p.add_argument("--start-from-ref", action="store_true", help="official --start_from_ref")
     p.add_argument("--no-cfg-batch", action="store_true", help="run the two CFG passes one after the other")
-    p.add_argument("--decode-context", type=int, default=None, metavar="K",
+    p.add_argument("--decode-context", type=int, default=d.decode_context_latents, metavar="K",
                    help="warm the VAE decoder with only the last K motion latents (official: all 19); "
                         "faster, changes pixels")
     p.add_argument("--vae-dtype", default="fp32", choices=["fp32", "bf16"],
@@ -45,17 +56,14 @@ def _add_render_options(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(a: argparse.Namespace):
-    from render.config import RenderSettings
+    """render-shot's RenderSettings. Values are checked here, by RenderSettings (whose size rule is
+    the manifest's too): a ValueError naming every bad field, before any model is loaded."""
+    from render.settings import RenderSettings
 
-    s = RenderSettings(size=a.size, steps=a.steps, guidance=a.guidance, shift=a.shift, sampler=a.sampler,
-                       seed=a.seed, negative_prompt=a.negative_prompt, crf=a.crf,
-                       official_frame_drop=a.official_frame_drop, start_from_ref=a.start_from_ref,
-                       cfg_batch=not a.no_cfg_batch, decode_context_latents=a.decode_context)
-    s.validate()
-    from render.sizing import parse_size
-
-    parse_size(s.size)
-    return s
+    return RenderSettings(size=a.size, steps=a.steps, guidance=a.guidance, shift=a.shift, sampler=a.sampler,
+                          seed=a.seed, negative_prompt=a.negative_prompt, crf=a.crf,
+                          official_frame_drop=a.official_frame_drop, start_from_ref=a.start_from_ref,
+                          cfg_batch=not a.no_cfg_batch, decode_context_latents=a.decode_context)
 
 
 def _device(name: str | None):
@@ -71,8 +79,8 @@ def _device(name: str | None):
 
 
 def cmd_render_shot(a: argparse.Namespace) -> int:
-    from render.pipeline import S2VPipeline
-    from render.shot import render_shot
+    from render.model.components import S2VModels
+    from render.shot.pipeline import render_shot
 
     settings = _settings(a)
     for label, path in (("--audio", a.audio), ("--image", a.image)):
@@ -86,8 +94,8 @@ def cmd_render_shot(a: argparse.Namespace) -> int:
     import torch
 
     vae_dtype = torch.bfloat16 if a.vae_dtype == "bf16" else torch.float32
-    pipe = S2VPipeline(a.ckpt, device=device, fp8=a.fp8, fp8_attention=a.fp8_attention, vae_dtype=vae_dtype)
-    from render.cli_segments import segment_options
+    pipe = S2VModels(a.ckpt, device=device, fp8=a.fp8, fp8_attention=a.fp8_attention, vae_dtype=vae_dtype)
+    from s2v.cli_segments import segment_options
 
     r = render_shot(pipe, a.audio, a.image, a.prompt, a.out, settings, progress=not a.quiet,
                     pose_video=a.pose_video, segments=segment_options(a))
@@ -124,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_render_options(p)
     p.set_defaults(fn=cmd_render_shot)
 
-    from s2v.demo import DEFAULT_SIZE, DEFAULT_STEPS
+    from s2v.demo import DEFAULT_SIZE, DEFAULT_STEPS, DemoOptions
 
     p = sub.add_parser("demo", help="the main job (s2v run) on local Ray with a tiny built-in model, CPU",
                        description="Writes a one-shot manifest (bundled 20 s speech, a generated character) "
@@ -135,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use only the first SECONDS of the bundled speech (default: all of it, 20.1 s)")
     p.add_argument("--size", default=DEFAULT_SIZE, help=f"max area W*H (default {DEFAULT_SIZE})")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampling steps (default {DEFAULT_STEPS})")
-    p.add_argument("--seed", type=int, default=42, help="noise and character seed, in [0, 2^32)")
+    p.add_argument("--seed", type=int, default=DemoOptions.seed,
+                   help=f"noise and character seed, in [0, 2^32) (default {DemoOptions.seed})")
     p.add_argument("--restart", action="store_true", help="discard an earlier demo run in --out-dir (other options)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_demo)
@@ -143,10 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a Parquet manifest; lists every problem", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_validate)
-    from cluster.cli import register as register_cluster  # s2v run / status / submit
+    from s2v.cli_run import register as register_cluster  # s2v run / status / submit
 
     register_cluster(sub)
-    from render.cli_segments import register as register_segments  # segment options, assemble, qa
+    from s2v.cli_segments import register as register_segments  # segment options, assemble, qa
 
     register_segments(sub)
     return ap
@@ -170,10 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_libraries()
-    from render.audio_io import AudioDecodeError
-    from render.config import CheckpointError
-    from render.image_io import ImageLoadError
-    from render.pose import PoseVideoError
+    from render.media.audio import AudioDecodeError
+    from render.media.image import ImageLoadError
+    from render.media.pose import PoseVideoError
+    from render.model.checkpoint import CheckpointError
 
     try:
         return a.fn(a)

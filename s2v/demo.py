@@ -87,7 +87,7 @@ def _checkpoint(out_dir: Path) -> tuple[Path, bool]:
     shipped = shipped_checkpoint()
     if shipped is not None:
         return shipped, True
-    from render.tiny_checkpoint import write_tiny_checkpoint
+    from tinymodel.checkpoint import write_tiny_checkpoint
 
     return write_tiny_checkpoint(out_dir / "tiny-s2v-checkpoint"), False
 
@@ -106,8 +106,8 @@ def speech_file(out_dir: Path, seconds: float | None) -> Path:
     """The bundled speech in D (copied whole, or its first ``seconds`` as 16 kHz mono WAV)."""
     if seconds is None:
         return _atomic_copy_or_write(out_dir / "demo_speech.ogg", lambda p: shutil.copyfile(BUNDLED_SPEECH, p))
-    from render.audio_io import decode_audio
-    from render.demo_assets import write_wav
+    from render.media.audio import decode_audio
+    from tinymodel.demo_assets import write_wav
 
     decoded = decode_audio(BUNDLED_SPEECH)
     if seconds > decoded.duration_s:
@@ -191,7 +191,7 @@ def run_demo(o: DemoOptions) -> int:
     published = run_dir.read_published(SHOT_ID)
     if published is None:  # run() said every shot is done; the ledger must agree
         raise RuntimeError(f"{req.run_dir}: the run finished but no published record for shot {SHOT_ID!r}")
-    from render.video_writer import probe_video
+    from render.media.video import probe_video
 
     info = probe_video(published["output"])
     how = "already rendered (resumed from the run directory's ledger; nothing rendered)" if already else "rendered"

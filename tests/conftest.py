@@ -58,7 +58,7 @@ def _deterministic_torch():
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     """A tiny random-weight checkpoint folder in the official layout (written once per session)."""
-    from render.tiny_checkpoint import write_tiny_checkpoint
+    from tinymodel.checkpoint import write_tiny_checkpoint
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_ckpt"))
 
@@ -66,7 +66,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_media(tmp_path_factory) -> tuple[Path, Path]:
     """(speech-like wav of 3 s, cartoon face png)."""
-    from render.demo_assets import cartoon_face, speech_like_audio, write_wav
+    from tinymodel.demo_assets import cartoon_face, speech_like_audio, write_wav
 
     d = tmp_path_factory.mktemp("media")
     return write_wav(d / "speech.wav", speech_like_audio(3.0)), cartoon_face(d / "face.png", (200, 160))

@@ -1,6 +1,6 @@
 """Render generated characters speaking held-out audio with a checkpoint and measure lip-sync.
 
-Uses the product's clip loop (``render.clip_loop.ChainRenderer``) with the checkpoint folder's
+Uses the product's clip loop (``render.model.clip_loop.ChainRenderer``) with the checkpoint folder's
 DiT, VAE, text encoder and audio front end, but builds the shot conditioning from arrays instead
 of files, so it needs no PyAV (the GPU machines have none) and no temporary media.
 """
@@ -14,17 +14,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from render.audio_features import frame_features, load_wav2vec2
-from render.clip_loop import ChainRenderer, ShotConditioning, initial_chain_state
-from render.config import S2V_NEGATIVE_PROMPT, T5_FILE, TOKENIZER_DIR, VAE_FILE, W2V_DIR, RenderSettings
-from render.dit import load_dit
-from render.lipsync import lipsync_of_video
-from render.text_encoder import load_text_encoder
-from render.vae import load_vae
-
-from .export import PROMPTS, SIZE
-from .faces import FPS, random_character, reference_frame, to_uint8
-from .speech import SAMPLE_RATE, Corpus, speech_track
+from render.model.audio_features import frame_features, load_wav2vec2
+from render.model.checkpoint import T5_FILE, TOKENIZER_DIR, VAE_FILE, W2V_DIR
+from render.model.clip_loop import ChainRenderer, ShotConditioning, initial_chain_state
+from render.model.dit import load_dit
+from render.model.text_encoder import load_text_encoder
+from render.model.vae import load_vae
+from render.quality.lipsync import lipsync_of_video
+from render.settings import S2V_NEGATIVE_PROMPT, RenderSettings
+from tinymodel.export import PROMPTS, SIZE
+from tinymodel.faces import FPS, random_character, reference_frame, to_uint8
+from tinymodel.speech import SAMPLE_RATE, Corpus, speech_track
 
 EVAL_SEED_BASE = 9_000_000  # characters of the evaluation never appear in training (seeds < 10^6 there)
 

@@ -1,6 +1,6 @@
 """The tiny trained model's configuration and its checkpoint folder in the official layout.
 
-The folder is exactly what ``render.pipeline.S2VPipeline`` loads for the 14B release
+The folder is exactly what ``render.model.components.S2VModels`` loads for the 14B release
 (config.json + diffusion_pytorch_model.safetensors, Wan2.1_VAE.pth, the umT5 .pth + tokenizer
 folder, the audio encoder folder); only the sizes differ, and the audio encoder slot holds the
 log-mel front end (render/audio_logmel.py).
@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from render.audio_logmel import LogMelConfig
-from render.config import VAE_FILE, W2V_DIR, DiTConfig
-from render.vae.wrapper import LATENT_MEAN, LATENT_STD
+from render.model.audio_logmel import LogMelConfig
+from render.model.checkpoint import VAE_FILE, W2V_DIR, DiTConfig
+from render.model.vae.wrapper import LATENT_MEAN, LATENT_STD
 
 # Where the trained model ships inside the repository (and the installed package).
 SHIPPED_DIR = Path(__file__).resolve().parent / "tiny-s2v"
@@ -45,7 +45,7 @@ def shipped_checkpoint() -> Path | None:
 
 def write_template(folder: str | Path, seed: int = 7) -> Path:
     """The parts that are not trained: text encoder + tokenizer and the log-mel front end."""
-    from render.tiny_checkpoint import write_tiny_text_encoder
+    from tinymodel.checkpoint import write_tiny_text_encoder
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

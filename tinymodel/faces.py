@@ -2,7 +2,7 @@
 
 A character is a cartoon head on a background (random colours, shapes, hair, eyes, head size
 and position) that sways slowly, blinks now and then and opens its mouth with the loudness of
-its audio (``render.lipsync.mouth_target``). Only the mouth follows the audio; sway and blinks
+its audio (``render.quality.lipsync.mouth_target``). Only the mouth follows the audio; sway and blinks
 are random, so a model can learn lip-sync only from the audio.
 
 Drawing is vectorised torch (signed distances with a one-pixel anti-aliased edge), so a batch
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from render.lipsync import MOUTH_RGB, frame_loudness_db, mouth_target
+from render.quality.lipsync import MOUTH_RGB, frame_loudness_db, mouth_target
 
 FPS = 16
 # Every colour of a character keeps at least this RGB distance from the mouth colour, so the

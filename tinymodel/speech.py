@@ -3,7 +3,7 @@
 ``build_corpus`` (run on a machine with Debian's ``espeak-ng``) speaks random sentences in varied
 voices, speeds and pitches and stores them 16 kHz mu-law in one ``.npz``; the training script
 reads that file on GPU machines that have no espeak. Sentences are split into training and
-held-out sets by index, and the procedural voice (``render.demo_assets.speech_like_audio``) by
+held-out sets by index, and the procedural voice (``tinymodel.demo_assets.speech_like_audio``) by
 seed, so the lip-sync test uses audio the model never heard.
 """
 
@@ -46,7 +46,7 @@ def espeak(text: str, voice: str = "en", speed: int = 160, pitch: int = 50) -> n
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise RuntimeError("espeak-ng is not installed (Debian: apt-get install espeak-ng)")
-    from render.audio_io import decode_audio
+    from render.media.audio import decode_audio
 
     with tempfile.TemporaryDirectory() as d:
         wav = Path(d) / "s.wav"
@@ -107,7 +107,7 @@ def speech_track(rng: np.random.Generator, seconds: float, corpus: Corpus | None
                  synth_fraction: float = 0.3) -> np.ndarray:
     """``seconds`` of speech: corpus sentences (or procedural words) separated by pauses, at a
     random level, starting after a short random silence."""
-    from render.demo_assets import speech_like_audio
+    from tinymodel.demo_assets import speech_like_audio
 
     n = int(round(seconds * SAMPLE_RATE))
     if corpus is None or rng.random() < synth_fraction:

@@ -40,14 +40,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from render.audio_features import frame_features, load_wav2vec2
-from render.config import S2V_NEGATIVE_PROMPT, T5_FILE, TOKENIZER_DIR, W2V_DIR
-from render.dit.model import S2VDiT
-from render.lipsync import MOUTH_RGB, MOUTH_TOLERANCE
-from render.vae.model import WanVAEModel, is_chunk_local, past_temporal_taps, use_frame_local_convs
-from render.vae.wrapper import WanVAE
-
-from .export import (
+from render.model.audio_features import frame_features, load_wav2vec2
+from render.model.checkpoint import T5_FILE, TOKENIZER_DIR, W2V_DIR
+from render.model.dit.model import S2VDiT
+from render.model.vae.model import WanVAEModel, is_chunk_local, past_temporal_taps, use_frame_local_convs
+from render.model.vae.wrapper import WanVAE
+from render.quality.lipsync import MOUTH_RGB, MOUTH_TOLERANCE
+from render.settings import S2V_NEGATIVE_PROMPT
+from tinymodel.export import (
     PROMPTS,
     SHIPPED_DIR,
     SIZE,
@@ -57,8 +57,8 @@ from .export import (
     write_dit,
     write_vae,
 )
-from .faces import FPS, Motion, motion_for_audio, random_character, reference_frame, render_character
-from .speech import SAMPLE_RATE, Corpus, speech_track
+from tinymodel.faces import FPS, Motion, motion_for_audio, random_character, reference_frame, render_character
+from tinymodel.speech import SAMPLE_RATE, Corpus, speech_track
 
 MOTION_FRAMES, MOTION_LATENTS, CLIP_FRAMES, CLIP_LATENTS = 73, 19, 80, 20
 VIDEO_FRAMES = 241  # 15 s + 1 frame per generated video
@@ -126,8 +126,8 @@ def vae_long_sequence_loss(vae: WanVAEModel, x: torch.Tensor, window: int = 4, n
     (measured: 18 dB for frames 0-31, 10 dB from frame 48 on). This trains that regime at the cost
     of a short snippet per window.
     """
-    from render.vae.layers import StreamCache
-    from render.vae.model import FRAMES_PER_LATENT
+    from render.model.vae.layers import StreamCache
+    from render.model.vae.model import FRAMES_PER_LATENT
 
     enc_cache, dec_cache = StreamCache(), StreamCache()
     n_lat = 1 + (x.shape[2] - 1) // FRAMES_PER_LATENT
@@ -355,7 +355,7 @@ def init_for_training(model: S2VDiT) -> S2VDiT:
 
 
 def contexts(template: Path, text_len: int, dev) -> tuple[list[torch.Tensor], torch.Tensor]:
-    from render.text_encoder import load_text_encoder
+    from render.model.text_encoder import load_text_encoder
 
     enc = load_text_encoder(template / T5_FILE, template / TOKENIZER_DIR, text_len=text_len)
     embs = [e.float().to(dev) for e in enc.encode([*PROMPTS, S2V_NEGATIVE_PROMPT])]
@@ -539,7 +539,7 @@ def main(argv=None) -> dict:
         args.metrics["train_minutes"] = round((time.time() - t_start) / 60, 2)
         log(f"exported {ckpt}", fh)
         if args.eval_samples:
-            from .evaluate import evaluate_lipsync
+            from tinymodel.evaluate import evaluate_lipsync
 
             for guidance in (1.0, 4.5):
                 ev = evaluate_lipsync(ckpt, str(dev), samples=args.eval_samples, seconds=10.0 if not args.smoke else 2.0,

@@ -22,7 +22,7 @@ CLIP_FRAMES, MOTION_FRAMES = 16, 9
 
 
 def make_media(d: Path, seconds: Sequence[float]) -> tuple[list[Path], list[Path]]:
-    from render.demo_assets import cartoon_face, speech_like_audio, write_wav
+    from tinymodel.demo_assets import cartoon_face, speech_like_audio, write_wav
 
     d.mkdir(parents=True, exist_ok=True)
     audios = [write_wav(d / f"a{i}.wav", speech_like_audio(s, seed=i)) for i, s in enumerate(seconds)]

@@ -17,7 +17,7 @@ from cluster import exit_codes as ec
 from cluster.driver import run
 from cluster.status import collect
 from manifests import derive_seed, read_results
-from render.video_writer import probe_video
+from render.media.video import probe_video
 from tests.cluster.helpers import decoded_frames, file_stamps, request, shot_rows, write_rows
 
 pytestmark = pytest.mark.timeout(480)

@@ -1,6 +1,6 @@
 """Small models and inputs for the kernel tests.
 
-Built here rather than through ``render.tiny_checkpoint`` because that module pulls in the media
+Built here rather than through ``tinymodel.checkpoint`` because that module pulls in the media
 pipeline (PyAV), which the GPU machines that run the CUDA half of these tests do not have.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from render.config import DiTConfig
-from render.dit.init import fill_random_
-from render.dit.model import S2VDiT
+from render.model.checkpoint import DiTConfig
+from render.model.dit.init import fill_random_
+from render.model.dit.model import S2VDiT
 
 # head_dim 128 as in the 14B model; widths multiples of 16 as fp8 matmuls need.
 SMALL_DIT = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, audio_inject_layers=[0, 1],

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from kernels import attention as A
-
-from .helpers import needs_cuda, rel
+from tests.kernels.helpers import needs_cuda, rel
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,7 @@ import torch.nn as nn
 
 from kernels import fp8
 from kernels.fp8 import FP8Linear, quantize_rows, quantize_rows_reference
-
-from .helpers import dit_inputs, needs_cuda, rel, run_dit, small_dit
+from tests.kernels.helpers import dit_inputs, needs_cuda, rel, run_dit, small_dit
 
 
 def test_quantize_rows_reference_scales_each_row_to_the_fp8_range():

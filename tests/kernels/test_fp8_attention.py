@@ -13,8 +13,7 @@ from kernels.fp8_attention import (
     fp8_attention_reference,
     quantize_per_tensor,
 )
-
-from .helpers import dit_inputs, needs_cuda, rel, run_dit, small_dit
+from tests.kernels.helpers import dit_inputs, needs_cuda, rel, run_dit, small_dit
 
 
 def _qkv(b=2, lq=96, lk=80, h=3, d=32, device="cpu", seed=0):

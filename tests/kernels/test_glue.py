@@ -11,10 +11,9 @@ from kernels.glue import FusedGlue
 from kernels.norms import residual_layer_norm, residual_layer_norm_reference
 from kernels.rope import rms_norm_rope, rms_norm_rope_reference
 from kernels.select import _attention_modules
-from render.dit.layers import TORCH_GLUE, RMSNorm
-from render.dit.rope import apply_rope_reference
-
-from .helpers import dit_inputs, needs_cuda, rel, run_dit, small_dit
+from render.model.dit.layers import TORCH_GLUE, RMSNorm
+from render.model.dit.rope import apply_rope_reference
+from tests.kernels.helpers import dit_inputs, needs_cuda, rel, run_dit, small_dit
 
 
 def _mods(b, d, device="cpu"):

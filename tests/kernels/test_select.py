@@ -7,9 +7,8 @@ import logging
 import torch
 
 from kernels.select import optimize_dit, use_reference_glue
-from render.dit.layers import TORCH_GLUE
-
-from .helpers import dit_inputs, run_dit, small_dit
+from render.model.dit.layers import TORCH_GLUE
+from tests.kernels.helpers import dit_inputs, run_dit, small_dit
 
 
 def test_cpu_keeps_the_torch_reference_and_logs(caplog):

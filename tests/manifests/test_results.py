@@ -6,8 +6,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from manifests import atomic
 from manifests.results import RESULTS_SCHEMA, STATUSES, ResultRow, ResultsError, read_results, write_results
+from render.media import atomic
 
 
 def _rows() -> list[ResultRow]:

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from parallel.launch import spawn
-
-from . import workers
+from tests.parallel import workers
 
 CLIPS = 3
 

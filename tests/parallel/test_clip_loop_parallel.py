@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from parallel.launch import spawn
-
-from . import workers
+from tests.parallel import workers
 
 
 @pytest.mark.timeout(300)

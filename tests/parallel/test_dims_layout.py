@@ -8,7 +8,7 @@ import torch
 from kernels.attention import attention_reference
 from parallel import ParallelDims, ShardLayout
 from parallel.attention import attention_with_lse, merge_partial
-from render.config import DiTConfig
+from render.model.checkpoint import DiTConfig
 
 
 def test_dims_world_size_and_mesh_order():

@@ -13,8 +13,7 @@ import time
 import pytest
 
 from parallel.launch import SpawnError, spawn
-
-from . import workers
+from tests.parallel import workers
 
 TOL = 1e-4
 PLANS = [
@@ -63,6 +62,23 @@ def test_padding_keys_must_be_dropped():
 def test_fsdp_holds_a_quarter_of_the_block_weights():
     held, whole = zip(*spawn(workers.sharded_weight_bytes, 4, timeout_s=100))
     assert all(0.2 * whole[0] < h < 0.3 * whole[0] for h in held), (held, whole[0])
+
+
+@pytest.mark.timeout(120)
+def test_attention_kernel_swap_and_deparallelize():
+    for got in spawn(workers.attention_swap_and_undo, 2, timeout_s=100):
+        assert got["kernels"] == 0 and got["leftovers"] == 0, got
+        assert got["swapped"] <= TOL, got
+        assert got["undone"] == 0, got  # the single-device forward again, bit for bit
+
+
+@pytest.mark.timeout(120)
+def test_contexts_from_one_parent_share_sub_groups():
+    """A second context from a parent smaller than WORLD reuses the first one's sub-groups
+    (passed as its GroupCache), and they work."""
+    got = spawn(workers.contexts_from_a_subgroup, 5, timeout_s=100)
+    assert got[4] is None
+    assert all(g == (True, 2.0) for g in got[:4]), got
 
 
 @pytest.mark.timeout(60)

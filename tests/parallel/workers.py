@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from parallel import ParallelContext, ParallelDims, parallelize_dit
-from render.config import DiTConfig
-from render.dit.model import S2VDiT
+from parallel import GroupCache, ParallelContext, ParallelDims, parallelize_dit
+from render.model.checkpoint import DiTConfig
+from render.model.dit.model import S2VDiT
 
 # 4 heads (so Ulysses 2 and 4 divide them), head_dim 16, injectors after blocks 0 and 2.
 CFG = DiTConfig(dim=64, ffn_dim=96, num_heads=4, num_layers=3, audio_inject_layers=[0, 2], audio_dim=16,
@@ -73,12 +73,14 @@ def forward_matrix(rank: int, world: int, plans: list[tuple[str, dict, list[int]
     for _, _, members in plans:  # every rank makes every subgroup, in the same order
         if members is not None and tuple(members) not in groups:
             groups[tuple(members)] = dist.new_group(members)
+    caches: dict[tuple | None, GroupCache] = {}  # one per parent: its contexts share sub-groups
     out: dict[str, float] = {}
     for label, kw, members in plans:
         if members is not None and rank not in members:
             continue
         group = groups[tuple(members)] if members is not None else None
-        ctx = ParallelContext.create(ParallelDims(**kw), group=group)
+        cache = caches.setdefault(tuple(members) if members is not None else None, GroupCache())
+        ctx = ParallelContext.create(ParallelDims(**kw), group=group, groups=cache)
         model = parallelize_dit(build_model(), ctx)
         for name, b, f, h, w, drop in CASES:
             got = forward(model, make_inputs(b, f, h, w), drop)
@@ -117,6 +119,45 @@ def sharded_weight_bytes(rank: int, world: int) -> tuple[int, int]:
     return units_bytes(model), whole
 
 
+def contexts_from_a_subgroup(rank: int, world: int) -> tuple[bool, float] | None:
+    """Two contexts (ulysses 2 x ring 2) from a parent of ranks 0-3 inside a world of 5, with
+    one GroupCache: (the second reuses the first one's sub-groups, an all-reduce over its ring
+    group). Rank 4 is outside the parent and makes nothing."""
+    parent = dist.new_group([0, 1, 2, 3])  # WORLD's protocol: every rank takes part
+    if rank not in (0, 1, 2, 3):
+        return None
+    cache = GroupCache()
+    first = ParallelContext.create(ParallelDims(ulysses=2, ring=2), group=parent, groups=cache)
+    second = ParallelContext.create(ParallelDims(ring=2, ulysses=2), group=parent, groups=first.group_cache)
+    shared = all(getattr(first, g) is getattr(second, g) and getattr(first, g) is not None
+                 for g in ("ulysses_group", "ring_group"))
+    x = torch.ones(1)
+    dist.all_reduce(x, group=second.ring_group)
+    return shared, float(x)
+
+
+def attention_swap_and_undo(rank: int, world: int) -> dict[str, float]:
+    """Ulysses 2: a self-attention kernel set after parallelize_dit becomes the local kernel of
+    the sequence-parallel attention (still exact); deparallelize_dit gives back the very model:
+    its forward bit-identical to the single-device one, nothing of the parallel forward left."""
+    from kernels.attention import attention_reference
+    from parallel import deparallelize_dit, is_parallelized
+
+    refs = references()
+    name, b, f, h, w, drop = CASES[0]
+    inp = make_inputs(b, f, h, w)
+    model = parallelize_dit(build_model(), ParallelContext.create(ParallelDims(ulysses=2)))
+    model.set_attention(self_attn=attention_reference)
+    kernels = {blk.self_attn.attn_fn.local_attn for blk in model.blocks}
+    swapped = float((forward(model, inp, drop) - refs[name]).abs().max())
+    deparallelize_dit(model)
+    model.set_attention(self_attn=build_model().blocks[0].self_attn.attn_fn)  # the default kernel again
+    leftovers = [n for n, m in model.named_modules() if "forward" in vars(m)]
+    return {"swapped": swapped, "kernels": float(kernels != {attention_reference}),
+            "undone": float((forward(model, inp, drop) - refs[name]).abs().max()),
+            "leftovers": float(len(leftovers) + is_parallelized(model))}
+
+
 def fail_on_rank(rank: int, world: int, bad_rank: int) -> None:
     """Rank ``bad_rank`` raises; the others block in a collective it never joins."""
     if rank == bad_rank:
@@ -131,14 +172,17 @@ def render_clips(ckpt: str, audio: str, image: str, dims_kw: dict | None, clips:
                  settings_kw: dict | None = None):
     """Frames [3, n, H, W] (numpy) of the first ``clips`` clips of a shot, single-device when
     ``dims_kw`` is None, else with the DiT parallelized over the current process group."""
-    from render.clip_loop import initial_chain_state
-    from render.config import RenderSettings
-    from render.pipeline import S2VPipeline
+    from render.model.clip_loop import initial_chain_state
+    from render.model.components import S2VModels
+    from render.settings import RenderSettings
 
-    pipe = S2VPipeline(ckpt, device="cpu")
+    pipe = S2VModels(ckpt, device="cpu")
     s = RenderSettings(**{**CLIP_SETTINGS, **(settings_kw or {})})
-    plan, decoded = pipe.plan_shot(audio, image, s)
-    shot = pipe.prepare_shot(plan, decoded, image, "a face talks", s)
+    from render.shot.condition import condition_segment
+    from render.shot.plan import plan_shot
+
+    plan = plan_shot(audio, image, s)
+    shot = condition_segment(pipe, plan, 0, audio, image, "a face talks", s)
     if dims_kw is not None:
         parallelize_dit(pipe.dit, ParallelContext.create(ParallelDims(**dims_kw)))
     renderer = pipe.chain_renderer(s, progress=False)
@@ -159,27 +203,27 @@ def render_clips_worker(rank: int, world: int, ckpt: str, audio: str, image: str
 
 def _forbid_vae_and_writes() -> None:
     """On a non-writer rank: loading the VAE or writing any segment file raises."""
-    import render.pipeline
-    import render.segment_render
+    import render.model.components
+    import render.shot.segment
 
     def forbidden(*a, **k):
         raise AssertionError("a non-writer rank tried to load the VAE or write a file")
 
-    render.pipeline.load_vae = forbidden
+    render.model.components.load_vae = forbidden
     for name in ("_write_clip", "_write_durably", "_save_state"):
-        setattr(render.segment_render, name, forbidden)
+        setattr(render.shot.segment, name, forbidden)
 
 
 def _group(rank: int, ckpt: str, dims_kw: dict):
     """(pipe, sync) of a group rank: hand-off group first, then the DiT's groups (same order on
     every rank), the DiT parallelized; ranks > 0 may not touch the VAE or write."""
     from parallel import GroupChainSync
-    from render.pipeline import S2VPipeline
+    from render.model.components import S2VModels
 
     sync = GroupChainSync.create(writer=0, timeout_s=60)
     if rank:
         _forbid_vae_and_writes()
-    pipe = S2VPipeline(ckpt, device="cpu")
+    pipe = S2VModels(ckpt, device="cpu")
     parallelize_dit(pipe.dit, ParallelContext.create(ParallelDims(**dims_kw)))
     return pipe, sync
 
@@ -187,15 +231,17 @@ def _group(rank: int, ckpt: str, dims_kw: dict):
 def group_clips_worker(rank: int, world: int, ckpt: str, audio: str, image: str, dims_kw: dict,
                        settings_kw: dict, clips: int):
     """The first ``clips`` clips with the hook: (frames or None, VAE loaded?, VAE calls by kind)."""
-    from render.clip_loop import share_conditioning
-    from render.config import RenderSettings
+    from render.model.clip_loop import share_conditioning
+    from render.settings import RenderSettings
+    from render.shot.condition import condition_segment
+    from render.shot.plan import plan_shot
 
     pipe, sync = _group(rank, ckpt, dims_kw)
     s = RenderSettings(**{**CLIP_SETTINGS, **settings_kw})
     shot = None
     if sync.is_writer:
-        plan, decoded = pipe.plan_shot(audio, image, s)
-        shot = pipe.prepare_shot(plan, decoded, image, "a face talks", s)
+        plan = plan_shot(audio, image, s)
+        shot = condition_segment(pipe, plan, 0, audio, image, "a face talks", s)
     shot = share_conditioning(sync, shot)
     renderer = pipe.chain_renderer(s, progress=False, sync=sync)
     calls = {"encode": 0, "decode": 0}
@@ -220,22 +266,23 @@ def group_clips_worker(rank: int, world: int, ckpt: str, audio: str, image: str,
 
 def group_resume_worker(rank: int, world: int, ckpt: str, audio: str, image: str, work: str, settings_kw: dict):
     """A shot in 2 parallel segments on the group, twice: uninterrupted, and interrupted after
-    segment 0's clip 0 was committed, then resumed by ``render_shot_segments``. Returns the clips
+    segment 0's clip 0 was committed, then resumed by ``render_shot``. Returns the clips
     each rank sampled in the resumed run and (writer) the decoded frames of both outputs."""
     from pathlib import Path
 
-    from render.clip_loop import ChainRenderer, share_conditioning
-    from render.config import RenderSettings
-    from render.segment_render import render_segment, segment_conditioning
-    from render.segments import plan_shot_audio
-    from render.shot_segments import SegmentOptions, render_shot_segments
+    from render.model.clip_loop import ChainRenderer, share_conditioning
+    from render.settings import RenderSettings
+    from render.shot.condition import condition_segment
+    from render.shot.pipeline import render_shot
+    from render.shot.plan import SegmentOptions, plan_shot
+    from render.shot.segment import render_segment
 
     pipe, sync = _group(rank, ckpt, dict(ulysses=2))
     s = RenderSettings(**{**CLIP_SETTINGS, **settings_kw})
     work = Path(work)
     opts = dict(mode="parallel", target_seconds=1.5, overlap_seconds=0.25, keep_work=True)
-    whole = render_shot_segments(pipe, audio, image, "a face talks", work / "a.mp4", s,
-                                 SegmentOptions(**opts, work_dir=work / "wa"), progress=False, sync=sync)
+    whole = render_shot(pipe, audio, image, "a face talks", work / "a.mp4", s, progress=False, sync=sync,
+                        segments=SegmentOptions(**opts, work_dir=work / "wa"))
 
     class Interrupted(Exception):
         pass
@@ -243,8 +290,8 @@ def group_resume_worker(rank: int, world: int, ckpt: str, audio: str, image: str
     def stop(seg, clip, clips):
         raise Interrupted
 
-    plan = plan_shot_audio(audio, s, "parallel", 1.5, 0.25)  # as render_shot_segments plans it
-    shot = segment_conditioning(pipe, plan, 0, audio, image, "a face talks", s) if sync.is_writer else None
+    plan = plan_shot(audio, image, s, SegmentOptions(**opts))  # as render_shot plans it
+    shot = condition_segment(pipe, plan, 0, audio, image, "a face talks", s) if sync.is_writer else None
     shot = share_conditioning(sync, shot)
     try:  # every rank stops after clip 0 (a group torn down after the writer committed it)
         render_segment(pipe.chain_renderer(s, progress=False, sync=sync), shot, plan, 0, s, work / "wb",
@@ -260,18 +307,17 @@ def group_resume_worker(rank: int, world: int, ckpt: str, audio: str, image: str
 
     ChainRenderer.render_clip = recording
     try:
-        resumed = render_shot_segments(pipe, audio, image, "a face talks", work / "b.mp4", s,
-                                       SegmentOptions(**opts, work_dir=work / "wb"), progress=False, sync=sync)
+        resumed = render_shot(pipe, audio, image, "a face talks", work / "b.mp4", s, progress=False, sync=sync,
+                              segments=SegmentOptions(**opts, work_dir=work / "wb"))
     finally:
         ChainRenderer.render_clip = original
-    # The one-chain path (render_shot) in the group as well: the writer publishes, the others return None.
-    from render.shot import render_shot
-
+    # The one-chain path (streamed into the output) in the group as well: the writer publishes,
+    # the others return None.
     chain = render_shot(pipe, audio, image, "a face talks", work / "c.mp4", s, progress=False, sync=sync)
     result = {"sampled": sampled, "vae_loaded": pipe._vae is not None, "returned": resumed is not None,
               "chain": None if chain is None else chain.frames}
     if sync.is_writer:
-        from render.segment_render import read_record, segment_dir, segment_frames_digest
+        from render.shot.segment import read_record, segment_dir, segment_frames_digest
 
         assert whole is not None and resumed is not None and whole.frames == resumed.frames
         result["frames"] = resumed.frames
@@ -287,7 +333,7 @@ def group_resume_worker(rank: int, world: int, ckpt: str, audio: str, image: str
 def share_round_trip_worker(rank: int, world: int) -> list:
     """Tensors of every kind the hand-off carries, shared from rank 0."""
     from parallel import GroupChainSync
-    from render.clip_loop import share_tensor
+    from render.model.clip_loop import share_tensor
 
     sync = GroupChainSync.create(writer=0, timeout_s=30)
     g = torch.Generator().manual_seed(5)

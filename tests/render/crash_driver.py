@@ -60,11 +60,11 @@ def _kill_after(pid: int, delay: float) -> bool:
 
 
 def _prepare_segments(work: Path):
-    from render.config import RenderSettings
-    from render.demo_assets import write_wav
-    from render.segment_render import render_segment
-    from render.segments import plan_shot_audio
+    from render.settings import RenderSettings
+    from render.shot.plan import plan_shot_audio
+    from render.shot.segment import render_segment
     from tests.render.segment_helpers import FakeRenderer, fake_shot, long_speech
+    from tinymodel.demo_assets import write_wav
 
     s = RenderSettings(size="64*64", steps=1, infer_frames=16, motion_frames=9)
     wav = write_wav(work / "a.wav", long_speech(4.0, seed=9)[0])
@@ -74,8 +74,8 @@ def _prepare_segments(work: Path):
 
 
 def crash_stitch(work: Path, kills: int, seed: int) -> dict:
-    from render.publish import OutputVerifyError, verify_video
-    from render.stitch import stitch_shot
+    from render.media.publish import OutputVerifyError, verify_video
+    from render.shot.stitch import stitch_shot
 
     rng = random.Random(seed)
     s, wav, plan, paths = _prepare_segments(work)
@@ -123,14 +123,14 @@ def crash_stitch(work: Path, kills: int, seed: int) -> dict:
 
 
 def crash_segment(work: Path, kills: int, seed: int) -> dict:
-    from render.config import RenderSettings
-    from render.segment_render import render_segment, segment_frames_digest
-    from render.segments import SegmentPlan, SegmentSpec
+    from render.settings import RenderSettings
+    from render.shot.plan import SegmentSpec, ShotPlan
+    from render.shot.segment import render_segment, segment_frames_digest
     from tests.render.segment_helpers import FakeRenderer, fake_shot
 
     rng = random.Random(seed)
     s = RenderSettings(size="64*64", steps=1, infer_frames=16, motion_frames=9)
-    plan = SegmentPlan("sequential", 16, 200, 200 / 16, (SegmentSpec(0, 0, 200, 0, 13),), infer_frames=16)
+    plan = ShotPlan("sequential", 16, 200, 200 / 16, (SegmentSpec(0, 0, 200, 0, 13),), infer_frames=16)
     shot = fake_shot(s)
     t0 = time.monotonic()
     reference = render_segment(FakeRenderer(s), shot, plan, 0, s, work / "ref")

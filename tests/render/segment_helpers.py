@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from render.clip_loop import ChainState, clip_seed
-from render.config import RenderSettings
+from render.model.clip_loop import ChainState, clip_seed
+from render.settings import RenderSettings
 
 RATE = 16000
 
@@ -67,7 +67,7 @@ class FakeRenderer:
 
 def fake_shot(settings: RenderSettings, height: int = 64, width: int = 64):
     """A ShotConditioning with empty tensors (the fake renderer reads only its size)."""
-    from render.clip_loop import ShotConditioning
+    from render.model.clip_loop import ShotConditioning
 
     z = torch.zeros(1)
     return ShotConditioning(z, z, z, torch.zeros(3, height, width), torch.zeros(1, 1, 1, 1), height, width)

@@ -13,9 +13,9 @@ import torch
 
 from manifests import write_manifest
 from render.assembly import assemble_film, film_shots, timecode
-from render.demo_assets import cartoon_face, write_wav
-from render.video_writer import AudioTrack, Mp4Writer, probe_video
+from render.media.video import AudioTrack, Mp4Writer, probe_video
 from s2v.cli import main
+from tinymodel.demo_assets import cartoon_face, write_wav
 
 RATE = 16000
 
@@ -113,11 +113,11 @@ def test_assemble_errors(manifest, tmp_path, capsys):
 
 
 def test_multi_shot_tiny_render_assembles_into_one_playable_film(tiny_ckpt, tmp_path):
-    from render.config import RenderSettings
-    from render.pipeline import S2VPipeline
-    from render.shot import render_shot
+    from render.model.components import S2VModels
+    from render.settings import RenderSettings
+    from render.shot.pipeline import render_shot
 
-    pipe = S2VPipeline(tiny_ckpt, device="cpu")
+    pipe = S2VModels(tiny_ckpt, device="cpu")
     image = cartoon_face(tmp_path / "face.png", (64, 64))
     shots = []
     for k, secs in enumerate((1.2, 0.8)):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from render.audio_features import (
+from render.model.audio_features import (
     Wav2Vec2Features,
     bucket_features,
     bucket_indices,
@@ -20,7 +20,7 @@ from render.audio_features import (
     load_wav2vec2,
     num_repeats,
 )
-from render.config import CheckpointError
+from render.model.checkpoint import CheckpointError
 
 TOL = 1e-4
 

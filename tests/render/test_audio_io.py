@@ -19,7 +19,7 @@ import av
 import numpy as np
 import pytest
 
-from render.audio_io import (
+from render.media.audio import (
     AudioDecodeError,
     DecodedAudio,
     decode_audio,

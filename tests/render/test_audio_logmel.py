@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from render.audio_features import conv_output_length, load_wav2vec2
-from render.audio_io import DecodedAudio
-from render.audio_logmel import LOGMEL_MODEL_TYPE, LogMelConfig, LogMelFeatures, is_logmel_folder
-from render.config import W2V_DIR, CheckpointError
-from render.demo_assets import speech_like_audio
+from render.media.audio import DecodedAudio
+from render.model.audio_features import conv_output_length, load_wav2vec2
+from render.model.audio_logmel import LOGMEL_MODEL_TYPE, LogMelConfig, LogMelFeatures, is_logmel_folder
+from render.model.checkpoint import W2V_DIR, CheckpointError
+from tinymodel.demo_assets import speech_like_audio
 
 W2V_KERNELS, W2V_STRIDES = [10, 3, 3, 3, 3, 2, 2], [5, 2, 2, 2, 2, 2, 2]
 SR = 16000
@@ -163,21 +163,21 @@ def one_torch_thread():
 
 
 def test_pipeline_loads_a_checkpoint_with_a_log_mel_audio_folder(template, tmp_path, one_torch_thread):
-    """The official folder layout with the log-mel front end in the wav2vec2 slot: S2VPipeline
+    """The official folder layout with the log-mel front end in the wav2vec2 slot: S2VModels
     loads it and a tiny DiT with audio_dim = num_mel_bins renders a shot from it."""
-    from render.config import RenderSettings
-    from render.demo_assets import cartoon_face, write_wav
-    from render.pipeline import S2VPipeline
-    from render.shot import render_shot
-    from render.tiny_checkpoint import TINY_DIT, write_tiny_checkpoint
-    from render.video_writer import probe_video
+    from render.media.video import probe_video
+    from render.model.components import S2VModels
+    from render.settings import RenderSettings
+    from render.shot.pipeline import render_shot
+    from tinymodel.checkpoint import TINY_DIT, write_tiny_checkpoint
+    from tinymodel.demo_assets import cartoon_face, write_wav
 
     assert TINY_DIT.audio_dim == 32
     # write_tiny_checkpoint only adds the parts a folder lacks: it keeps the log-mel folder.
     shutil.copytree(template / W2V_DIR, tmp_path / "ckpt" / W2V_DIR)
     ckpt = write_tiny_checkpoint(tmp_path / "ckpt")
     assert is_logmel_folder(ckpt / W2V_DIR)
-    pipe = S2VPipeline(ckpt, device="cpu")
+    pipe = S2VModels(ckpt, device="cpu")
     assert isinstance(pipe.wav2vec, LogMelFeatures)
     x = speech_like_audio(2.0, SR, seed=5)
     audio = DecodedAudio(x, SR, len(x) / SR, SR, 1, "pcm_s16le")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from render.image_io import ImageLoadError, image_size, load_reference_image
+from render.media.image import ImageLoadError, image_size, load_reference_image
 
 
 def _to_unit(arr_u8: np.ndarray) -> torch.Tensor:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from render.lipsync import (
+from render.quality.lipsync import (
     LOUDNESS_FLOOR_DB,
     LOUDNESS_SPAN_DB,
     MOUTH_RGB,
@@ -194,8 +194,8 @@ def test_lipsync_of_video_end_to_end():
 # -- s2v qa --lipsync --------------------------------------------------------------------------
 def _speaking_character_mp4(path, seconds: float, seed: int, size: int = 96, audio: bool = True):
     """A generated character speaking procedural speech, H.264 + AAC (the audio muxed in)."""
-    from render.demo_assets import speech_like_audio
-    from render.video_writer import Mp4Writer
+    from render.media.video import Mp4Writer
+    from tinymodel.demo_assets import speech_like_audio
     from tinymodel.faces import motion_for_audio, random_character, render_character, to_uint8
 
     rng = np.random.default_rng(seed)
@@ -228,8 +228,8 @@ def test_qa_lipsync_against_the_videos_own_audio(speaking_mp4, tmp_path, capsys)
     assert ls["corr"] >= 0.8 and ls["lag"] == 0 and ls["frames"] == 96
     assert ls["audio"] == str(video) and "inside" in rep  # the seam report is still there
     # Same numbers as lipsync_of_video on the decoded frames and the decoded AAC track.
-    from render.audio_io import decode_audio
-    from render.seams import decoded_frames
+    from render.media.audio import decode_audio
+    from render.quality.seams import decoded_frames
 
     frames = np.stack(list(decoded_frames(video)))
     want = lipsync_of_video(frames, decode_audio(video).samples, SR, FPS)
@@ -237,9 +237,9 @@ def test_qa_lipsync_against_the_videos_own_audio(speaking_mp4, tmp_path, capsys)
 
 
 def test_qa_lipsync_with_an_audio_file(speaking_mp4, tmp_path, capsys):
-    from render.demo_assets import speech_like_audio, write_wav
-    from render.qa import qa_video
+    from render.quality.qa import qa_video
     from s2v.cli import main
+    from tinymodel.demo_assets import speech_like_audio, write_wav
 
     video, x = speaking_mp4
     own = qa_video(video, lipsync=True)["lipsync"]
@@ -266,11 +266,11 @@ def test_qa_lipsync_needs_an_audio_track(tmp_path, capsys):
 def test_qa_reads_a_run_directorys_plan_file(speaking_mp4, tmp_path):
     """`s2v qa VIDEO --plan RUN/shots/ID/plan.json`: the ledger stores the shot's layout, whose
     ``plan_json`` is the segment plan."""
-    from render.qa import qa_video
-    from render.segments import SegmentPlan, SegmentSpec
+    from render.quality.qa import qa_video
+    from render.shot.plan import SegmentSpec, ShotPlan
 
     video, _ = speaking_mp4
-    plan = SegmentPlan("sequential", FPS, 96, 96 / FPS, (SegmentSpec(0, 0, 96, 0, 2),), 80)
+    plan = ShotPlan("sequential", FPS, 96, 96 / FPS, (SegmentSpec(0, 0, 96, 0, 2),), 80)
     layout = tmp_path / "plan.json"
     layout.write_text(json.dumps({"height": 64, "width": 64, "plan_json": plan.to_json(),
                                   "segments": [{"index": 0, "start_frame": 0, "num_frames": 96, "num_clips": 2}]}))

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from render.config import RenderSettings
-from render.pipeline import S2VPipeline
-from render.pose import PoseVideoError, iter_pose_frames, pose_latents
-from render.vae import load_vae
+from render.media.pose import PoseVideoError, iter_pose_frames, pose_latents
+from render.model.components import S2VModels
+from render.model.vae import load_vae
+from render.settings import RenderSettings
+from render.shot.condition import condition_segment
+from render.shot.plan import plan_shot
 
 
 def _write_video(path, frames: int, fps: int, size=(48, 64)) -> None:
@@ -62,14 +64,14 @@ def test_pose_changes_the_render(tmp_path, tiny_ckpt, demo_media):
     audio, image = demo_media
     v = tmp_path / "pose.mp4"
     _write_video(v, 40, 16)
-    pipe = S2VPipeline(tiny_ckpt)
+    pipe = S2VModels(tiny_ckpt)
     s = RenderSettings(size="64*64", steps=1, infer_frames=8, motion_frames=5)
-    plan, a16 = pipe.plan_shot(audio, image, s)
-    with_pose = pipe.prepare_shot(plan, a16, image, "p", s, pose_video=v)
-    without = pipe.prepare_shot(plan, a16, image, "p", s)
+    plan = plan_shot(audio, image, s)
+    with_pose = condition_segment(pipe, plan, 0, audio, image, "p", s, pose_video=v)
+    without = condition_segment(pipe, plan, 0, audio, image, "p", s)
     assert with_pose.pose_latents.shape[2] == plan.num_clips * 2
     r = pipe.chain_renderer(s, progress=False)
-    from render.clip_loop import initial_chain_state
+    from render.model.clip_loop import initial_chain_state
 
     a, _ = r.render_clip(with_pose, initial_chain_state(s, with_pose))
     b, _ = r.render_clip(without, initial_chain_state(s, without))

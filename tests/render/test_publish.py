@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from render.publish import (
+from render.media.atomic import temp_path_for
+from render.media.publish import (
     OutputVerifyError,
     atomic_output,
     publish_atomically,
-    temp_path_for,
     verify_video,
 )
-from render.video_writer import AudioTrack, Mp4Writer
+from render.media.video import AudioTrack, Mp4Writer
 
 H, W = 64, 64
 

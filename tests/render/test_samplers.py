@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from render.samplers import SAMPLERS, FlowSampler, make_sampler
+from render.model.samplers import SAMPLERS, FlowSampler, make_sampler
 
 # Golden file key names use "dpmpp" for the "dpm++" solver.
 GOLDEN_KEY = {"unipc": "unipc", "dpm++": "dpmpp"}
@@ -60,7 +60,7 @@ def test_schedule_matches_golden(sampler_golden, name: str, steps: int, shift: i
 
 
 def test_schedule_details() -> None:
-    # UniPC: sigma_max = float32(0.999), truncation -> first timestep 999, SPEC 3.9's 8-step list.
+    # UniPC: sigma_max = float32(0.999), truncation -> first timestep 999, the official 8-step list.
     u = make_sampler("unipc", steps=8, shift=3.0)
     assert u.timesteps.tolist() == [999, 954, 899, 832, 749, 642, 499, 299]
     assert u.sigmas[0].item() == pytest.approx(3 * 0.99900001287 / (1 + 2 * 0.99900001287), abs=1e-7)

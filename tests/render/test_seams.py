@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from render.config import RenderSettings
-from render.demo_assets import write_wav
-from render.seams import crossfade_weight, frame_change, match_colour, rgb_to_lab, seam_report
-from render.segment_render import render_segment
-from render.segments import SegmentPlan, SegmentSpec, plan_shot_audio
-from render.stitch import blended_frames
+from render.quality.seams import crossfade_weight, frame_change, match_colour, rgb_to_lab, seam_report
+from render.settings import RenderSettings
+from render.shot.plan import SegmentSpec, ShotPlan, plan_shot_audio
+from render.shot.segment import render_segment
+from render.shot.stitch import blended_frames
 from tests.render.segment_helpers import FakeRenderer, fake_shot, long_speech
+from tinymodel.demo_assets import write_wav
 
 S = RenderSettings(size="64*64", steps=1, infer_frames=16, motion_frames=9)
 
@@ -98,7 +98,7 @@ def test_frame_change_and_single_segment_report():
     a = np.zeros((4, 4, 3), np.uint8)
     b = np.full((4, 4, 3), 10, np.uint8)
     assert frame_change(a, b) == 10.0 and frame_change(b, a) == 10.0
-    plan = SegmentPlan("sequential", 16, 40, 2.5, (SegmentSpec(0, 0, 40, 0, 3),), infer_frames=16)
+    plan = ShotPlan("sequential", 16, 40, 2.5, (SegmentSpec(0, 0, 40, 0, 3),), infer_frames=16)
     frames = [np.full((4, 4, 3), i, np.uint8) for i in range(40)]
     rep = seam_report(frames, plan)
     assert rep["joins"] == [] and rep["inside"]["p50"] == 1.0 and rep["inside"]["p99"] == 1.0

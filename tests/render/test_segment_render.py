@@ -9,23 +9,22 @@ import numpy as np
 import pytest
 import torch
 
-from render.clip_loop import ChainRenderer, clip_seed, initial_chain_state
-from render.config import RenderSettings
-from render.demo_assets import cartoon_face, speech_like_audio, write_wav
-from render.pipeline import S2VPipeline
-from render.segment_render import (
+from render.model.clip_loop import ChainRenderer, clip_seed, initial_chain_state
+from render.model.components import S2VModels
+from render.settings import RenderSettings
+from render.shot.condition import condition_segment, feature_window
+from render.shot.plan import SegmentOptions, plan_segments, plan_shot
+from render.shot.segment import (
     STATE_FILE,
     SegmentStateError,
     clip_file,
-    feature_window,
     read_record,
     render_segment,
-    segment_conditioning,
     segment_dir,
     segment_frames_digest,
 )
-from render.segments import plan_segments
 from tests.render.segment_helpers import FakeRenderer, fake_shot
+from tinymodel.demo_assets import cartoon_face, speech_like_audio, write_wav
 
 S = RenderSettings(size="64*64", steps=1, infer_frames=16, motion_frames=9)
 
@@ -45,7 +44,7 @@ class RecordingRenderer(ChainRenderer):
 
 @pytest.fixture(scope="module")
 def pipe(tiny_ckpt):
-    return S2VPipeline(tiny_ckpt, device="cpu")
+    return S2VModels(tiny_ckpt, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +55,7 @@ def media(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def plan2(media):
-    from render.audio_io import decode_audio
+    from render.media.audio import decode_audio
 
     plan = plan_segments(decode_audio(media[0]).samples, S, mode="parallel", target_seconds=2.0,
                          overlap_seconds=0.5)
@@ -70,7 +69,7 @@ def _renderer(pipe):
 
 def test_resume_after_a_crash_gives_identical_frames(pipe, media, plan2, tmp_path):
     audio, image = media
-    shot = segment_conditioning(pipe, plan2, 0, audio, image, "a face talks", S)
+    shot = condition_segment(pipe, plan2.with_geometry(64, 64), 0, audio, image, "a face talks", S)
     whole = _renderer(pipe)
     d_full = render_segment(whole, shot, plan2, 0, S, tmp_path / "full")
     n = plan2.segments[0].num_clips
@@ -107,7 +106,7 @@ def test_resume_after_a_crash_gives_identical_frames(pipe, media, plan2, tmp_pat
 def test_later_segment_starts_reference_only_at_its_own_audio(pipe, media, plan2, tmp_path):
     audio, image = media
     seg = plan2.segments[1]
-    shot = segment_conditioning(pipe, plan2, 1, audio, image, "a face talks", S)
+    shot = condition_segment(pipe, plan2.with_geometry(64, 64), 1, audio, image, "a face talks", S)
     f0, nf, s0, ns = feature_window(plan2, 1)
     assert shot.audio_start_frame == f0 and f0 % S.fps == 0 and f0 <= seg.start_frame
     assert shot.audio_frames.shape[-1] == nf >= seg.start_frame + seg.num_clips * S.infer_frames - f0
@@ -123,16 +122,17 @@ def test_later_segment_starts_reference_only_at_its_own_audio(pipe, media, plan2
 
 
 def test_one_segment_plan_is_the_official_chain(pipe, media, tmp_path):
-    from render.audio_io import decode_audio
+    from render.media.audio import decode_audio
 
     audio, image = media
     s = RenderSettings(size="64*64", steps=1, infer_frames=32, motion_frames=9)
     decoded = decode_audio(audio)
     plan = plan_segments(decoded.samples, s, mode="sequential")
-    shot = segment_conditioning(pipe, plan, 0, audio, image, "a face talks", s)
-    ref_plan, _ = pipe.plan_shot(audio, image, s)
-    ref_shot = pipe.prepare_shot(ref_plan, decoded, image, "a face talks", s)
-    assert torch.equal(shot.audio_frames, ref_shot.audio_frames) and shot.audio_start_frame == 0
+    shot = condition_segment(pipe, plan.with_geometry(64, 64), 0, audio, image, "a face talks", s)
+    # The features of a one-segment plan are those of the whole decoded audio.
+    ref_frames = pipe.audio_frames(decoded.samples, plan.num_clips * s.infer_frames, s.fps)
+    assert torch.equal(shot.audio_frames, ref_frames) and shot.audio_start_frame == 0
+    ref_shot = shot
     r = RecordingRenderer(pipe.dit, pipe.vae, s, "cpu", progress=False)
     render_segment(r, shot, plan, 0, s, tmp_path)
     chain = ChainRenderer(pipe.dit, pipe.vae, s, "cpu", progress=False)
@@ -143,9 +143,9 @@ def test_one_segment_plan_is_the_official_chain(pipe, media, tmp_path):
 
 
 def test_changed_inputs_refuse_to_resume_unless_restart(tmp_path):
-    from render.segments import SegmentPlan, SegmentSpec
+    from render.shot.plan import SegmentSpec, ShotPlan
 
-    plan = SegmentPlan("parallel", 16, 100, 100 / 16, (SegmentSpec(0, 0, 54, 0, 4), SegmentSpec(1, 50, 50, 4, 4)),
+    plan = ShotPlan("parallel", 16, 100, 100 / 16, (SegmentSpec(0, 0, 54, 0, 4), SegmentSpec(1, 50, 50, 4, 4)),
                        infer_frames=16)
     s = RenderSettings(size="64*64", steps=1, infer_frames=16, motion_frames=9)
     shot = fake_shot(s)
@@ -173,10 +173,10 @@ def test_changed_inputs_refuse_to_resume_unless_restart(tmp_path):
 
 def test_fake_renderer_segments_resume_identically_with_motion_tail(tmp_path):
     """infer_frames < motion_frames: the persisted pixel tail is part of the state."""
-    from render.segments import SegmentPlan, SegmentSpec
+    from render.shot.plan import SegmentSpec, ShotPlan
 
     s = RenderSettings(size="64*64", steps=1, infer_frames=8, motion_frames=13)
-    plan = SegmentPlan("sequential", 16, 60, 60 / 16, (SegmentSpec(0, 0, 60, 0, 8),), infer_frames=8)
+    plan = ShotPlan("sequential", 16, 60, 60 / 16, (SegmentSpec(0, 0, 60, 0, 8),), infer_frames=8)
     shot = fake_shot(s)
     full = render_segment(FakeRenderer(s), shot, plan, 0, s, tmp_path / "a")
     for crash_at in (0, 3, 6):
@@ -195,26 +195,38 @@ def test_fake_renderer_segments_resume_identically_with_motion_tail(tmp_path):
     assert np.all([c["audio_offset"] == 8 * i for i, c in enumerate(rec["clips"])])
 
 
-def test_segment_options_routing():
-    from render.shot_segments import SegmentOptions
-
-    assert not SegmentOptions().needs_segment_path(None)  # sequential, plain H.264: the direct chain
-    assert SegmentOptions(mode="auto").needs_segment_path(None)
-    assert SegmentOptions(output_fps=25).needs_segment_path(None)
-    assert not SegmentOptions(mode="auto").needs_segment_path("pose.mp4")  # pose keeps one chain
+def test_segment_options_modes_and_contradictions():
+    assert SegmentOptions().plain_encode() and not SegmentOptions(output_fps=25).plain_encode()
+    assert SegmentOptions(mode="auto").mode_for("pose.mp4") == "sequential"  # pose keeps one chain
+    assert SegmentOptions(mode="parallel").mode_for(None) == "parallel"
     with pytest.raises(ValueError, match="pose video needs segment mode 'sequential'"):
-        SegmentOptions(mode="parallel").needs_segment_path("pose.mp4")
+        SegmentOptions(mode="parallel").mode_for("pose.mp4")
     with pytest.raises(ValueError, match="segment mode 'fast'"):
         SegmentOptions(mode="fast")
+    with pytest.raises(ValueError, match="QA report"):
+        SegmentOptions(qa_report="qa.json", output_fps=25)
+
+
+def test_plan_shot_carries_geometry_and_reads_old_run_directories(media):
+    audio, image = media
+    plan = plan_shot(audio, image, S, SegmentOptions(mode="parallel", target_seconds=2.0))
+    assert (plan.height, plan.width) == (64, 64) and len(plan.segments) == 2
+    assert type(plan).from_json(plan.to_json()) == plan
+    # A run directory's plan.json written before plans carried geometry ("shot layout").
+    legacy = {"height": 64, "width": 64, "plan_json": json.dumps({**plan.to_dict(), "version": 1,
+                                                                 "height": None, "width": None}),
+              "segments": [{"index": s.index, "start_frame": s.start_frame, "num_frames": s.num_frames,
+                            "num_clips": s.num_clips} for s in plan.segments]}
+    assert type(plan).from_dict(legacy) == plan
 
 
 def test_a_failing_commit_fence_stops_before_writing_and_the_segment_resumes(tmp_path):
     """``before_commit`` (the cluster's lease check) runs before every clip file, state and the
     record: raising there leaves the folder exactly as after the previous commit."""
-    from render.segments import SegmentPlan, SegmentSpec
+    from render.shot.plan import SegmentSpec, ShotPlan
 
     s = RenderSettings(size="64*64", steps=1, infer_frames=8, motion_frames=13)
-    plan = SegmentPlan("sequential", 16, 40, 40 / 16, (SegmentSpec(0, 0, 40, 0, 5),), infer_frames=8)
+    plan = ShotPlan("sequential", 16, 40, 40 / 16, (SegmentSpec(0, 0, 40, 0, 5),), infer_frames=8)
     shot = fake_shot(s)
     full = render_segment(FakeRenderer(s), shot, plan, 0, s, tmp_path / "a")
     calls = []

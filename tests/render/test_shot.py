@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from render.clip_loop import ChainState, clip_seed, initial_chain_state
-from render.config import CheckpointError, RenderSettings
-from render.pipeline import S2VPipeline, ShotPlan
-from render.shot import render_shot
-from render.video_writer import probe_video
+from render.media.video import probe_video
+from render.model.checkpoint import CheckpointError
+from render.model.clip_loop import ChainState, clip_seed, initial_chain_state
+from render.model.components import S2VModels
+from render.settings import RenderSettings
+from render.shot.condition import condition_segment
+from render.shot.pipeline import render_shot
+from render.shot.plan import plan_segments, plan_shot
+from render.shot.sizing import output_size, parse_size
 from s2v.cli import main
 
 FAST = dict(size="64*64", steps=2)
@@ -19,7 +24,7 @@ FAST = dict(size="64*64", steps=2)
 
 @pytest.fixture(scope="module")
 def pipe(tiny_ckpt):
-    return S2VPipeline(tiny_ckpt, device="cpu")
+    return S2VModels(tiny_ckpt, device="cpu")
 
 
 def test_render_shot_writes_verified_mp4_with_audio(pipe, demo_media, tmp_path):
@@ -37,9 +42,9 @@ def test_render_shot_writes_verified_mp4_with_audio(pipe, demo_media, tmp_path):
 def test_same_seed_same_video_and_resume_mid_chain_is_identical(pipe, demo_media):
     audio, image = demo_media
     s = RenderSettings(**FAST, infer_frames=16, motion_frames=9)
-    plan, a16 = pipe.plan_shot(audio, image, s)
+    plan = plan_shot(audio, image, s)
     assert plan.num_clips == 3
-    shot = pipe.prepare_shot(plan, a16, image, "a face talks", s)
+    shot = condition_segment(pipe, plan, 0, audio, image, "a face talks", s)
     r = pipe.chain_renderer(s, progress=False)
     st = initial_chain_state(s, shot)
     clips = []
@@ -56,18 +61,23 @@ def test_same_seed_same_video_and_resume_mid_chain_is_identical(pipe, demo_media
     assert all(c.shape[1] == 16 for c in clips)
 
 
+def _sequential_plan(h0, w0, seconds, s):
+    silence = np.zeros(int(round(seconds * 16000)), np.float32)
+    return plan_segments(silence, s, mode="sequential").with_geometry(*output_size(h0, w0, parse_size(s.size)))
+
+
 def test_frame_offset_and_clip_count():
     s = RenderSettings()
     # 10 s of audio at 16 fps = 160 frames = exactly 2 clips of 80 (the official count renders 3).
-    assert ShotPlan.make(480, 832, 10.0, s).num_clips == 2
-    assert ShotPlan.make(480, 832, 10.01, s).num_clips == 3
-    assert ShotPlan.make(480, 832, 0.5, s).num_clips == 1
+    assert _sequential_plan(480, 832, 10.0, s).num_clips == 2
+    assert _sequential_plan(480, 832, 10.01, s).num_clips == 3
+    assert _sequential_plan(480, 832, 0.5, s).num_clips == 1
     # Official frame drop: clip 0 keeps 77 frames, so 80 frames need 2 clips.
     s_off = RenderSettings(official_frame_drop=True)
-    assert ShotPlan.make(480, 832, 5.0, s_off).num_clips == 2
-    assert ShotPlan.make(480, 832, 77 / 16, s_off).num_clips == 1
-    plan = ShotPlan.make(1080, 1920, 3.3, s)
-    assert (plan.height, plan.width) == (448, 832) and plan.num_frames == math.ceil(3.3 * 16)
+    assert _sequential_plan(480, 832, 5.0, s_off).num_clips == 2
+    assert _sequential_plan(480, 832, 77 / 16, s_off).num_clips == 1
+    plan = _sequential_plan(1080, 1920, 3.3, s)
+    assert (plan.height, plan.width) == (448, 832) and plan.total_frames == math.ceil(3.3 * 16)
 
 
 def test_clip_seeds():
@@ -76,7 +86,7 @@ def test_clip_seeds():
 
 
 def test_zero_offset_keeps_every_frame_official_drop_keeps_77(pipe):
-    from render.clip_loop import ChainRenderer
+    from render.model.clip_loop import ChainRenderer
 
     r = ChainRenderer(pipe.dit, pipe.vae, RenderSettings(), "cpu")
     assert r.frames_kept(0) == 80 and r.frames_kept(1) == 80
@@ -97,7 +107,7 @@ def _cli(tiny_ckpt, audio, image, out, *extra):
         (["--guidance", "inf"], "guidance=inf"),
         (["--seed", "-1"], "seed=-1"),
         (["--seed", str(2**32)], "seed=4294967296"),
-        (["--size", "banana"], "invalid size 'banana'"),
+        (["--size", "banana"], "size 'banana'"),
         (["--size", "10*10"], "below the minimum"),
         (["--device", "cpu", "--fp8"], "--fp8 needs a CUDA device"),
         (["--device", "cpu", "--fp8-attention"], "--fp8-attention needs a CUDA device"),
@@ -115,7 +125,7 @@ def test_cli_errors_name_the_bad_file(tiny_ckpt, demo_media, tmp_path, capsys):
     audio, image = demo_media
     out = tmp_path / "o.mp4"
     empty = tmp_path / "empty.wav"
-    from render.demo_assets import write_wav
+    from tinymodel.demo_assets import write_wav
 
     write_wav(empty, torch.zeros(0).numpy())
     text = tmp_path / "notes.wav"
@@ -142,7 +152,7 @@ def test_incomplete_checkpoint_lists_missing_parts(tiny_ckpt, tmp_path):
     (d / "Wan2.1_VAE.pth").unlink()
     shutil.rmtree(d / "google")
     with pytest.raises(CheckpointError, match=r"Wan2.1_VAE.pth \(VAE\).*google/umt5-xxl/"):
-        S2VPipeline(d)
+        S2VModels(d)
 
 
 def test_demo_command_runs_end_to_end(tmp_path, capsys):
@@ -160,8 +170,8 @@ def test_decode_context_option(pipe, demo_media):
     outs = {}
     for k in (None, 4, 1):
         s = RenderSettings(**base, decode_context_latents=k)
-        plan, a16 = pipe.plan_shot(audio, image, s)
-        shot = pipe.prepare_shot(plan, a16, image, "a face talks", s)
+        plan = plan_shot(audio, image, s)
+        shot = condition_segment(pipe, plan, 0, audio, image, "a face talks", s)
         r = pipe.chain_renderer(s, progress=False)
         st = initial_chain_state(s, shot)
         _, st = r.render_clip(shot, st)
@@ -170,4 +180,4 @@ def test_decode_context_option(pipe, demo_media):
     assert outs[1].shape == outs[None].shape
     assert not torch.equal(outs[1], outs[None])
     with pytest.raises(ValueError, match="decode_context_latents=0"):
-        RenderSettings(decode_context_latents=0).validate()
+        RenderSettings(decode_context_latents=0)

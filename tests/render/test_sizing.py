@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from render.sizing import MAX_AREA, MIN_AREA, latent_size, output_size, parse_size
+from render.shot.sizing import MAX_AREA, MIN_AREA, latent_size, output_size, parse_size
 
 AREA_1024_704 = 1024 * 704
 AREA_1280_720 = 1280 * 720
@@ -61,8 +61,8 @@ def test_parse_size_type_error() -> None:
         parse_size(832 * 480)  # type: ignore[arg-type]
 
 
-# Every example listed in SPEC §3.1: (H0, W0) -> {area: (H, W)}.
-SPEC_EXAMPLES = [
+# Outputs of the official get_size_less_than_area: (H0, W0) -> {area: (H, W)}.
+OFFICIAL_EXAMPLES = [
     ((1024, 1024), {AREA_1024_704: (832, 832), AREA_1280_720: (960, 960), AREA_832_480: (576, 576)}),
     ((1080, 1920), {AREA_1024_704: (640, 1088), AREA_1280_720: (704, 1280), AREA_832_480: (448, 832)}),
     ((3000, 4000), {AREA_1024_704: (704, 960), AREA_1280_720: (832, 1088), AREA_832_480: (512, 704)}),
@@ -79,8 +79,8 @@ SPEC_EXAMPLES = [
 ]
 
 
-@pytest.mark.parametrize("hw,expected", SPEC_EXAMPLES)
-def test_output_size_spec_examples(hw: tuple[int, int], expected: dict[int, tuple[int, int]]) -> None:
+@pytest.mark.parametrize("hw,expected", OFFICIAL_EXAMPLES)
+def test_output_size_official_examples(hw: tuple[int, int], expected: dict[int, tuple[int, int]]) -> None:
     for area, out in expected.items():
         assert output_size(*hw, area) == out, (hw, area)
 
@@ -90,7 +90,7 @@ def test_output_size_480x832_any_area_at_least_512x832() -> None:
         assert output_size(480, 832, area) == (512, 832)
 
 
-def test_sizes_table_from_spec_section_2_12() -> None:
+def test_sizes_of_16_9_and_square_inputs() -> None:
     # 448x832, 640x1088, 704x1280 for a 16:9 input; 832x832 for a square input at 1024*704.
     assert output_size(1080, 1920, parse_size("832*480")) == (448, 832)
     assert output_size(1080, 1920, parse_size("1024*704")) == (640, 1088)
@@ -99,7 +99,7 @@ def test_sizes_table_from_spec_section_2_12() -> None:
 
 
 def _reference_scan(h0: int, w0: int, area: int) -> tuple[int, int] | None:
-    """Independent restatement of the §3.1 scan (no fallback) for the property test."""
+    """Independent restatement of the official scan (no fallback) for the property test."""
     if h0 * w0 <= area:
         lo, hi = 0.1, 1.0
     else:

@@ -13,17 +13,22 @@ import av
 import numpy as np
 import pytest
 
-from render.audio_io import decode_audio
-from render.audio_stream import read_window, stream_audio, stream_soundtrack
-from render.config import RenderSettings
-from render.demo_assets import write_wav
-from render.publish import temp_path_for
-from render.seams import crossfade_weight, decoded_frames
-from render.segment_render import render_segment
-from render.segments import plan_shot_audio
-from render.stitch import SegmentReader, stitch_shot, sweep_stale_temps
-from render.video_writer import probe_video
+from render.media.atomic import sweep_stale_temps, temp_path_for
+from render.media.audio import (
+    decode_audio,
+    decode_audio_channels,
+    read_window,
+    stream_audio,
+    stream_soundtrack,
+)
+from render.media.video import probe_video
+from render.quality.seams import crossfade_weight, decoded_frames
+from render.settings import RenderSettings
+from render.shot.plan import plan_shot_audio
+from render.shot.segment import render_segment
+from render.shot.stitch import SegmentReader, stitch_shot
 from tests.render.segment_helpers import FakeRenderer, fake_shot, long_speech
+from tinymodel.demo_assets import write_wav
 
 S = RenderSettings(size="64*64", steps=1, infer_frames=16, motion_frames=9)
 REPO = Path(__file__).resolve().parents[2]
@@ -68,10 +73,6 @@ def test_streamed_audio_equals_decode_audio(tmp_path, speech6):
         assert np.array_equal(read_window(path, 1000, 9000), decode_audio(path).samples[1000:9000])
     track = np.concatenate(list(stream_soundtrack(m4a)), axis=-1)
     assert track.shape[0] == 2 and track.shape[1] == decode_audio(m4a, 44100).samples.size
-    try:
-        from render.audio_io import decode_audio_channels
-    except ImportError:
-        return
     assert np.array_equal(track, decode_audio_channels(m4a).samples)
 
 
@@ -154,10 +155,10 @@ def test_sweep_removes_only_dead_writers_temps(tmp_path):
 _RSS_SCRIPT = r"""
 import json, sys, time
 from pathlib import Path
-from render.config import RenderSettings
-from render.segments import plan_shot_audio
-from render.segment_render import render_segment
-from render.stitch import stitch_shot
+from render.settings import RenderSettings
+from render.shot.plan import plan_shot_audio
+from render.shot.segment import render_segment
+from render.shot.stitch import stitch_shot
 from tests.render.segment_helpers import FakeRenderer, fake_shot
 wav, work = Path(sys.argv[1]), Path(sys.argv[2])
 s = RenderSettings(size="64*64", steps=1)
@@ -199,8 +200,8 @@ def test_peak_memory_of_a_10_minute_shot_within_10_percent_of_a_2_minute_shot(tm
 
 def test_cli_render_shot_parallel_with_qa(tiny_ckpt, tmp_path, capsys):
     """s2v render-shot in parallel mode on the tiny model (2 segments of one clip), then s2v qa."""
-    from render.demo_assets import cartoon_face
     from s2v.cli import main
+    from tinymodel.demo_assets import cartoon_face
 
     audio = write_wav(tmp_path / "a.wav", long_speech(3.2, seed=6)[0])
     image = cartoon_face(tmp_path / "f.png", (64, 64))

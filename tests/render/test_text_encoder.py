@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from render.config import CheckpointError
-from render.text_encoder import (
+from render.model.checkpoint import CheckpointError
+from render.model.text_encoder import (
     UMT5TextEncoder,
     clean_prompt,
     infer_umt5_config,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from render.config import CheckpointError
-from render.vae import LATENT_STD, WanVAE, build_vae_skeleton, load_vae
+from render.model.checkpoint import CheckpointError
+from render.model.vae import LATENT_STD, WanVAE, build_vae_skeleton, load_vae
 
 TOL = 1e-4
 

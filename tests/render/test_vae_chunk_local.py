@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from render.config import RenderSettings
-from render.vae.model import WanVAEModel, is_chunk_local, past_temporal_taps
-from render.vae.wrapper import WanVAE
+from render.model.vae.model import WanVAEModel, is_chunk_local, past_temporal_taps
+from render.model.vae.wrapper import WanVAE
+from render.settings import RenderSettings
+from render.shot.condition import condition_segment
+from render.shot.plan import plan_shot
 
 
 def _chunk_local_vae(seed: int = 0) -> WanVAEModel:
@@ -59,11 +61,11 @@ def test_chunk_local_decode_and_encode_ignore_history() -> None:
 
 
 def test_clip_loop_decodes_one_context_latent_for_chunk_local_vae(tiny_ckpt, demo_media, monkeypatch) -> None:
-    from render.clip_loop import initial_chain_state
-    from render.pipeline import S2VPipeline
+    from render.model.clip_loop import initial_chain_state
+    from render.model.components import S2VModels
 
     audio, image = demo_media
-    pipe = S2VPipeline(tiny_ckpt, device="cpu")
+    pipe = S2VModels(tiny_ckpt, device="cpu")
     with torch.no_grad():
         for w, taps in past_temporal_taps(pipe.vae.model):
             w[:, :, taps] = 0
@@ -75,8 +77,8 @@ def test_clip_loop_decodes_one_context_latent_for_chunk_local_vae(tiny_ckpt, dem
     outs = {}
     for k in (None, 4):  # 4 = every motion latent = the official full context
         s = RenderSettings(size="64*64", steps=2, infer_frames=16, motion_frames=13, decode_context_latents=k)
-        plan, a16 = pipe.plan_shot(audio, image, s)
-        shot = pipe.prepare_shot(plan, a16, image, "a face talks", s)
+        plan = plan_shot(audio, image, s)
+        shot = condition_segment(pipe, plan, 0, audio, image, "a face talks", s)
         r = pipe.chain_renderer(s, progress=False)
         st = initial_chain_state(s, shot)
         _, st = r.render_clip(shot, st)
@@ -88,7 +90,7 @@ def test_clip_loop_decodes_one_context_latent_for_chunk_local_vae(tiny_ckpt, dem
 
 @torch.no_grad()
 def test_frame_local_convs_equal_the_3d_convs_and_refuse_temporal_vaes() -> None:
-    from render.vae.model import use_frame_local_convs
+    from render.model.vae.model import use_frame_local_convs
 
     vae = _chunk_local_vae(1)
     video = torch.rand(2, 3, 9, 32, 32) * 2 - 1
@@ -100,7 +102,7 @@ def test_frame_local_convs_equal_the_3d_convs_and_refuse_temporal_vaes() -> None
     with pytest.raises(ValueError, match="non-zero past temporal taps"):
         use_frame_local_convs(WanVAEModel(dim=4))
     # The wrapper switches a chunk-local VAE on load, and leaves a temporal one alone.
-    from render.vae.layers import CausalConv3d
+    from render.model.vae.layers import CausalConv3d
 
     wrapped = WanVAE(_chunk_local_vae(2))
     assert any(m.frame_local for m in wrapped.model.modules() if isinstance(m, CausalConv3d))
@@ -109,7 +111,7 @@ def test_frame_local_convs_equal_the_3d_convs_and_refuse_temporal_vaes() -> None
 
 
 def test_frame_local_training_gradients_match_masked_3d_convs() -> None:
-    from render.vae.model import use_frame_local_convs
+    from render.model.vae.model import use_frame_local_convs
 
     a = _chunk_local_vae(3)
     b = _chunk_local_vae(3)

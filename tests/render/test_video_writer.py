@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from render.audio_io import decode_audio_channels
-from render.video_writer import (
-    DEFAULT_AUDIO_LAYOUTS,
+from render.media.audio import decode_audio_channels
+from render.media.mp4 import DEFAULT_AUDIO_LAYOUTS, audio_bit_rate
+from render.media.video import (
     AudioTrack,
     Mp4Writer,
     VideoProbeError,
-    audio_bit_rate,
     float_frames_to_uint8,
     probe_video,
 )
@@ -291,7 +290,7 @@ def _tones(channels: int, n: int, rate: int, layout: str | None = None) -> np.nd
 
 
 def _decode_channels(path: Path) -> tuple[np.ndarray, int, str]:
-    """All decoded audio as [channels, n] (packed conversion: see render/audio_io.py)."""
+    """All decoded audio as [channels, n] (packed conversion: see render/media/audio.py)."""
     with av.open(str(path)) as c:
         stream = c.streams.audio[0]
         resampler = av.AudioResampler(format="flt")

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from manifests import read_manifest, read_results
-from render.audio_io import decode_audio
-from render.video_writer import probe_video
+from render.media.audio import decode_audio
+from render.media.video import probe_video
 from s2v.cli import main
 from tinymodel.export import shipped_checkpoint
 

@@ -7,15 +7,15 @@ import json
 import pytest
 import torch
 
-from render.audio_logmel import LogMelFeatures
-from render.config import T5_FILE, TOKENIZER_DIR, VAE_FILE, W2V_DIR
-from render.dit import load_dit
-from render.dit.init import fill_random_
-from render.dit.model import S2VDiT
-from render.pipeline import S2VPipeline, check_checkpoint_folder
-from render.vae import load_vae
-from render.vae.model import WanVAEModel
-from render.vae.wrapper import WanVAE
+from render.model.audio_logmel import LogMelFeatures
+from render.model.checkpoint import T5_FILE, TOKENIZER_DIR, VAE_FILE, W2V_DIR
+from render.model.components import S2VModels, check_checkpoint_folder
+from render.model.dit import load_dit
+from render.model.dit.init import fill_random_
+from render.model.dit.model import S2VDiT
+from render.model.vae import load_vae
+from render.model.vae.model import WanVAEModel
+from render.model.vae.wrapper import WanVAE
 from tinymodel import export
 from tinymodel.export import (
     MEL_BINS,
@@ -118,7 +118,7 @@ def test_exported_folder_loads_with_the_product_loaders(exported):
     for k, v in vae.model.state_dict().items():
         assert torch.equal(v, vae_state[k]), k
 
-    pipe = S2VPipeline(folder, device="cpu")
+    pipe = S2VModels(folder, device="cpu")
     assert isinstance(pipe.wav2vec, LogMelFeatures) and pipe.wav2vec.hidden_size == TRAINED_DIT.audio_dim
     assert pipe.dit.cfg == TRAINED_DIT
     (ctx,) = pipe.embed_prompts([export.PROMPTS[0]])

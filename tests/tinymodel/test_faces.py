@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from render.demo_assets import speech_like_audio
-from render.lipsync import MOUTH_RGB, MOUTH_TOLERANCE, lipsync_of_video, measure_mouth_opening
+from render.quality.lipsync import MOUTH_RGB, MOUTH_TOLERANCE, lipsync_of_video, measure_mouth_opening
+from tinymodel.demo_assets import speech_like_audio
 from tinymodel.faces import (
     FPS,
     Motion,

@@ -1,4 +1,4 @@
-"""The trained tiny model that ships in tinymodel/tiny-s2v (issue 7's acceptance tests, on the CPU).
+"""The trained tiny model that ships in tinymodel/tiny-s2v (its acceptance tests, on the CPU).
 
 They fail, not skip, when the checkpoint is missing from the package: the demo would silently fall
 back to random weights.
@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from render.config import VAE_FILE
-from render.video_writer import probe_video
+from render.media.video import probe_video
+from render.model.checkpoint import VAE_FILE
 from tinymodel.export import TRAINED_DIT, shipped_checkpoint
 
 SHIPPED = shipped_checkpoint()
@@ -25,13 +25,13 @@ def _shipped():
 
 
 def test_shipped_folder_is_small_official_layout_and_chunk_local():
-    from render.pipeline import S2VPipeline
+    from render.model.components import S2VModels
 
     total = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
     assert total <= 25 * 1024 * 1024, f"{total / 1e6:.1f} MB"
     assert (SHIPPED / "config.json").is_file() and (SHIPPED / "diffusion_pytorch_model.safetensors").is_file()
     assert (SHIPPED / VAE_FILE).is_file()
-    pipe = S2VPipeline(SHIPPED, device="cpu")
+    pipe = S2VModels(SHIPPED, device="cpu")
     assert pipe.dit.cfg == TRAINED_DIT
     assert pipe.vae.chunk_local
 
@@ -49,8 +49,8 @@ def test_shipped_model_follows_held_out_audio():
 def test_demo_with_the_shipped_model_meets_its_time_duration_and_seams(tmp_path, capsys):
     """`s2v demo` (20 s of bundled speech, production path): <= 2 min, duration = audio +- 1
     frame, no clip seam above the within-clip p99 frame change, and the mouth follows the audio."""
-    from render.audio_io import decode_audio
-    from render.qa import qa_video
+    from render.media.audio import decode_audio
+    from render.quality.qa import qa_video
     from s2v.cli import main
 
     out = tmp_path / "demo"

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-import render.demo_assets
+import tinymodel.demo_assets
 from tinymodel.speech import (
     HELD_OUT_EVERY,
     SAMPLE_RATE,
@@ -68,8 +68,8 @@ def test_speech_track_length_and_seeds():
 
 def test_speech_track_keeps_held_out_voices_and_sentences_apart(tmp_path, monkeypatch):
     seeds = []
-    real = render.demo_assets.speech_like_audio
-    monkeypatch.setattr(render.demo_assets, "speech_like_audio",
+    real = tinymodel.demo_assets.speech_like_audio
+    monkeypatch.setattr(tinymodel.demo_assets, "speech_like_audio",
                         lambda s, sr=16000, seed=0: seeds.append(seed) or real(s, sr, seed))
     for i in range(20):
         speech_track(np.random.default_rng(i), 0.5, None, held_out=False)

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from render.audio_logmel import LogMelFeatures
-from render.config import VAE_FILE, W2V_DIR
-from render.pipeline import S2VPipeline
+from render.model.audio_logmel import LogMelFeatures
+from render.model.checkpoint import VAE_FILE, W2V_DIR
+from render.model.components import S2VModels
 from tinymodel.export import TRAINED_DIT
 
 # Size 64: the smallest the DiT's FramePack takes (its 4x motion bucket is an 8x8-latent conv;
@@ -38,7 +38,7 @@ def test_train_smoke_writes_a_loadable_checkpoint_and_metrics(tmp_path):
 
     ckpt = tmp_path / "ckpt"
     assert (ckpt / VAE_FILE).is_file()
-    pipe = S2VPipeline(ckpt, device="cpu")
+    pipe = S2VModels(ckpt, device="cpu")
     assert pipe.dit.cfg == TRAINED_DIT
     assert isinstance(pipe.wav2vec, LogMelFeatures)
     # The exported VAE is the trained one with its latents renormalised (not the random init).
@@ -52,7 +52,7 @@ def test_train_smoke_writes_a_loadable_checkpoint_and_metrics(tmp_path):
 def test_vae_only_run_writes_a_normalised_vae(tmp_path):
     import numpy as np
 
-    from render.vae import load_vae
+    from render.model.vae import load_vae
     from tinymodel.train import main, snippets
 
     metrics = main(["--out", str(tmp_path), "--smoke", "--vae-only", "--device", "cpu", "--size", "64",
@@ -70,7 +70,7 @@ def test_vae_only_run_writes_a_normalised_vae(tmp_path):
 
 
 def test_vae_temporal_option_trains_the_past_taps(tmp_path):
-    from render.vae import load_vae
+    from render.model.vae import load_vae
     from tinymodel.train import main
 
     main(["--out", str(tmp_path), "--smoke", "--vae-only", "--vae-temporal", "--device", "cpu", "--size", "64",

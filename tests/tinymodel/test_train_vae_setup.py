@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from render.vae.model import WanVAEModel, is_chunk_local, past_temporal_taps
+from render.model.vae.model import WanVAEModel, is_chunk_local, past_temporal_taps
 from tinymodel.train import make_chunk_local, pool_batch, recon_loss, vae_reconstruct
 
 

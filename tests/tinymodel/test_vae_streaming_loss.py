@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from render.vae.model import FRAMES_PER_LATENT, WanVAEModel
+from render.model.vae.model import FRAMES_PER_LATENT, WanVAEModel
 from tinymodel.train import mouth_weight, snippets, vae_long_sequence_loss, vae_reconstruct
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from render.dit import load_dit
-from render.dit.rope import rope_cos_sin, token_segments
+from render.model.dit import load_dit
+from render.model.dit.rope import rope_cos_sin, token_segments
 
 TOL = 1e-4
 

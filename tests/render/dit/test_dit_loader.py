@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from render.config import CheckpointError, DiTConfig
-from render.dit import build_dit_skeleton, load_dit
-from render.dit.loader import INDEX_FILE, SINGLE_FILE
+from render.model.checkpoint import CheckpointError, DiTConfig
+from render.model.dit import build_dit_skeleton, load_dit
+from render.model.dit.loader import INDEX_FILE, SINGLE_FILE
 
 
 def test_14b_key_set_and_shapes_on_meta(shared_dir):

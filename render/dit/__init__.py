@@ -1,4 +1,0 @@
-from .loader import build_dit_skeleton, load_dit
-from .model import S2VCondition, S2VDiT
-
-__all__ = ["S2VDiT", "S2VCondition", "load_dit", "build_dit_skeleton"]
