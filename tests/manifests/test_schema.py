@@ -15,9 +15,9 @@ from manifests.schema import (
     derive_seed,
     is_valid_shot_id,
     parse_size,
-    read_manifest,
     write_manifest,
 )
+from manifests.validate import read_manifest
 from render.settings import OFFICIAL_SIZES
 from tests.manifests.malformed_cases import base_row, make_media
 

@@ -181,7 +181,7 @@ def test_pipeline_loads_a_checkpoint_with_a_log_mel_audio_folder(template, tmp_p
     assert isinstance(pipe.wav2vec, LogMelFeatures)
     x = speech_like_audio(2.0, SR, seed=5)
     audio = DecodedAudio(x, SR, len(x) / SR, SR, 1, "pcm_s16le")
-    frames = pipe.audio_frames(audio, 40, 16)
+    frames = pipe.audio_frames(audio.samples, 40, 16)
     assert tuple(frames.shape) == (1, 25, 32, 40)
     assert frames[0, :, :, 33:].abs().sum() == 0  # past the end of 2 s of audio: zeros
     assert frames[0, 0, :, :30].abs().sum() > 0
