@@ -1,14 +1,17 @@
-"""``s2v run``: validate the manifest, take the lease, check the fingerprint, start or join Ray,
-run the engine, write results.parquet, return the exit code (cluster.exit_codes).
+"""``s2v run``: validate the manifest, take the lease, bring the ledger in line with the manifest
+shot by shot (cluster.fingerprint: per-shot keys), start or join Ray, run the engine, write
+results.parquet, return the exit code (cluster.exit_codes).
 
-Nothing is rendered, and nothing in the run directory is touched, before the lease is held and
-the fingerprint matches (or ``restart`` was given).
+Nothing in the run directory is touched before the manifest is valid and the lease is held. A
+run directory follows its manifest: appended rows are rendered, changed shots rendered (or, for
+encode-only changes, stitched) again, removed rows reported and left on disk.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import shutil
 import signal
 import sys
 import threading
@@ -18,7 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster import exit_codes as ec
-from cluster.fingerprint import changed_parts, compute_fingerprint
+from cluster.fingerprint import (
+    FRAME_PARTS,
+    InputHashes,
+    ShotKey,
+    changed_parts,
+    environment,
+    json_digest,
+    prompt_environment,
+    shot_key,
+)
 from cluster.lease import Lease, LeaseHeld
 from cluster.ledger import RunDir
 from cluster.settings import EngineOptions, RunSettings
@@ -40,6 +52,10 @@ class RunRequest:
     allowed_roots: Sequence[Path] | None = None
     check_media: bool = True
     num_cpus: int | None = None  # local Ray only
+    rerender: Sequence[str] = ()  # shot ids whose work is discarded and rendered again
+    # A published shot whose key changed exits 5 instead of being rendered again (s2v demo: a
+    # demo folder rerun with other options asks for --restart rather than overwriting the video).
+    refuse_changed: bool = False
 
 
 def _say(message: str) -> None:
@@ -56,29 +72,151 @@ def load_shots(req: RunRequest) -> list[Shot] | int:
         return ec.EXIT_UNREADABLE if exc.report.file_unreadable else ec.EXIT_INVALID
 
 
-def _prepare_run_dir(run: RunDir, shots: list[Shot], req: RunRequest) -> tuple[str, int | None]:
-    """(run id, None) when the run may go on, else (_, exit code)."""
-    fingerprint = compute_fingerprint(shots, req.settings)
+# What a start does with each shot of the manifest (see _decide).
+NEW, KEEP, RERENDER, RESTITCH, ADOPT = "new", "keep", "rerender", "restitch", "adopt"
+
+
+def _decide(run: RunDir, shots: list[Shot], keys: dict[str, ShotKey], req: RunRequest,
+            legacy_rows: dict[str, dict]) -> dict[str, tuple[str, str]]:
+    """shot id -> (action, why), from the key stored with the shot's work and its key now."""
+    forced = set(req.rerender)
+    out: dict[str, tuple[str, str]] = {}
+    for shot in shots:
+        sid, new = shot.shot_id, keys[shot.shot_id]
+        old = ShotKey.from_dict(run.read_key(sid))
+        if sid in forced:
+            out[sid] = (RERENDER, "--rerender")
+        elif old is None:
+            if not run.has_work(sid):
+                out[sid] = (NEW, "new shot")
+            elif legacy_rows.get(sid) == shot.to_row():
+                out[sid] = (ADOPT, "unchanged row of a run directory started before per-shot keys")
+            else:  # an older run directory's shot whose row changed, or a discard cut short
+                out[sid] = (RERENDER, "work without a key")
+        elif old.frames != new.frames:
+            out[sid] = (RERENDER, ", ".join(changed_parts(old, new, FRAME_PARTS)) + " changed")
+        elif old.encode != new.encode:
+            out[sid] = (RESTITCH, "encode settings (crf, output path) changed")
+        else:
+            out[sid] = (KEEP, "")
+    return out
+
+
+def _legacy_rows(run: RunDir, record: dict | None, req: RunRequest, env: dict[str, str]) -> dict[str, dict]:
+    """Rows of a run directory started before per-shot keys whose whole-run fingerprint parts
+    (settings, model, code) still hold: their work is adopted rather than rendered again."""
+    old = (record or {}).get("fingerprint")
+    if not isinstance(old, dict) or not run.manifest_file.is_file():
+        return {}
+    if (old.get("settings") != json_digest(req.settings.to_dict()) or old.get("model") != env["model"]
+            or old.get("code") != env["code"]):
+        return {}
+    import pyarrow.parquet as pq
+
+    return {r["shot_id"]: r for r in pq.read_table(run.manifest_file).to_pylist()}
+
+
+def _intermediates_complete(run: RunDir, shot_id: str) -> bool:
+    from cluster.shot_work import segment_finished
+
+    plan = run.read_plan(shot_id)
+    return bool(plan) and all(segment_finished(run.work_dir(shot_id), s["index"]) for s in plan["segments"])
+
+
+def _previous_ids(run: RunDir) -> dict[str, str]:
+    """shot id -> output of the manifest the previous start stored."""
+    if not run.manifest_file.is_file():
+        return {}
+    import pyarrow.parquet as pq
+
+    return {r["shot_id"]: r["output"] for r in pq.read_table(run.manifest_file, columns=["shot_id", "output"]).to_pylist()}
+
+
+def _prepare_run_dir(run: RunDir, shots: list[Shot], req: RunRequest) -> tuple[str, int | None, list[str]]:
+    """(run id, None, notes) when the run may go on, else (_, exit code, _).
+
+    Brings the ledger in line with the manifest, shot by shot: new shots get a key, shots whose
+    frame key changed (or named by --rerender) lose their work, shots whose encode settings
+    changed are stitched again, unchanged shots are left alone, and rows gone from the manifest
+    are recorded as removed (their outputs and work stay on disk)."""
     record = run.read_run()
+    ids = {s.shot_id for s in shots}
+    unknown = sorted(set(req.rerender) - ids)
+    if unknown:
+        _say(f"--rerender: no shot {', '.join(unknown)} in {req.manifest}; nothing was rendered")
+        return "", ec.EXIT_INVALID, []
     if record is not None and req.restart:
         _say(f"--restart: discarding the state in {run.path} (old logs kept under logs/previous/)")
         run.reset()
         record = None
-    elif record is not None and record.get("fingerprint", {}).get("combined") != fingerprint["combined"]:
-        parts = changed_parts(record.get("fingerprint", {}), fingerprint)
-        _say(f"run directory {run.path} belongs to a different run: {', '.join(parts) or 'fingerprint'} changed "
-             f"since it was started ({time.ctime(record.get('created_at', 0))}). Use --restart to start over "
-             "(re-renders everything), or a new --run-dir.")
-        return "", ec.EXIT_FINGERPRINT_CHANGED
+    env = environment(req.settings)
+    hashes = InputHashes(run.hashes_file)
+    try:
+        keys = {s.shot_id: shot_key(s, req.settings, env, hashes) for s in shots}
+    except OSError as exc:  # an input vanished between validation and hashing
+        _say(f"cannot read an input of the manifest: {exc}; nothing was rendered")
+        return "", ec.EXIT_INVALID, []
+    decisions = _decide(run, shots, keys, req, _legacy_rows(run, record, req, env))
+    if req.refuse_changed:
+        changed = sorted(sid for sid, (action, _) in decisions.items()
+                         if action in (RERENDER, RESTITCH) and sid not in req.rerender and run.is_published(sid))
+        if changed:
+            _say(f"run directory {run.path}: published shots changed since they were rendered (manifest row, "
+                 f"inputs, settings, model or code): {', '.join(changed)}. Use --restart to start over, or a new "
+                 "--run-dir.")
+            return "", ec.EXIT_FINGERPRINT_CHANGED, []
     now = time.time()
+    notes: list[str] = []
+    # Embeddings of prompts are keyed by their text alone: a new model, code or text encoder dtype
+    # makes all of them stale (every shot's key changes with it too, so nothing of theirs is kept).
+    prompt_env = prompt_environment(req.settings, env)
+    if record is not None and record.get("prompt_env") != prompt_env and (run.path / "prompts").exists():
+        shutil.rmtree(run.path / "prompts", ignore_errors=True)
+        notes.append("model, code or text encoder changed: prompt embeddings discarded")
+    summary: dict[str, list[str]] = {NEW: [], RERENDER: [], RESTITCH: [], ADOPT: []}
+    for shot in shots:
+        sid = shot.shot_id
+        action, why = decisions[sid]
+        if action == KEEP:
+            continue
+        summary[action].append(sid)
+        if action == RERENDER:
+            if run.has_work(sid):
+                notes.append(f"shot {sid}: {why}: its earlier work is discarded and it is rendered again")
+            run.discard_shot(sid)
+        elif action == RESTITCH and run.is_published(sid):
+            if _intermediates_complete(run, sid):
+                notes.append(f"shot {sid}: {why}: stitched again from its committed segments (no sampling)")
+            else:  # the choice documented in docs/cluster.md: keeping every intermediate costs disk
+                notes.append(f"shot {sid}: {why}; its segment intermediates were removed after publishing "
+                             "(--keep-work was off): its segments are rendered again")
+            run.unpublish(sid)
+        run.write_key(sid, keys[sid].to_dict())
+    hashes.save()
+    previous = _previous_ids(run)
+    removed = dict((record or {}).get("removed") or {})
+    for sid in ids:
+        removed.pop(sid, None)
+    newly = sorted(set(previous) - ids - set(removed))
+    for sid in newly:
+        removed[sid] = {"output": previous[sid], "removed_at": now, "published": run.is_published(sid)}
+    if newly:
+        notes.append(f"{len(newly)} shots no longer in the manifest (outputs and work left on disk): "
+                     + ", ".join(newly))
+    run.write_manifest(shots)
     if record is None:
-        record = {"run_id": secrets.token_hex(4), "created_at": now, "fingerprint": fingerprint,
-                  "settings": req.settings.to_dict(), "manifest_source": str(req.manifest.resolve()),
-                  "shots": len(shots), "starts": []}
-        run.write_manifest(shots)
+        record = {"run_id": secrets.token_hex(4), "created_at": now}
+    record.pop("fingerprint", None)  # the whole-run fingerprint of older versions
+    last = {"at": now, "new": summary[NEW], "rerender": summary[RERENDER], "restitch": summary[RESTITCH],
+            "adopted": summary[ADOPT], "removed": newly, "unchanged": sum(1 for a, _ in decisions.values() if a == KEEP),
+            "inputs_hashed": hashes.hashed}
+    record.update({"settings": req.settings.to_dict(), "manifest_source": str(req.manifest.resolve()),
+                   "shots": len(shots), "removed": removed, "prompt_env": prompt_env, "last_start": last})
     record["starts"] = [*record.get("starts", []), now][-50:]
     run.write_run(record)
-    return record["run_id"], None
+    for note in notes:
+        _say(note)
+    return record["run_id"], None, notes
 
 
 def _attach_driver_log(run: RunDir) -> logging.Handler:
@@ -117,11 +255,18 @@ def run(req: RunRequest) -> int:
         return ec.EXIT_LEASE_HELD
     handler: logging.Handler | None = None
     try:
-        run_id, code = _prepare_run_dir(run_dir, shots, req)
+        run_id, code, notes = _prepare_run_dir(run_dir, shots, req)
         if code is not None:
             return code
         handler = _attach_driver_log(run_dir)
         log.info("run %s: %d shots, run directory %s (pid lease %s)", run_id, len(shots), run_dir.path, lease.token)
+        last = (run_dir.read_run() or {}).get("last_start", {})
+        log.info("this start: %d new, %d to render again, %d to stitch again, %d unchanged, %d removed rows; "
+                 "%d input files hashed", len(last.get("new", [])), len(last.get("rerender", [])),
+                 len(last.get("restitch", [])), last.get("unchanged", 0), len(last.get("removed", [])),
+                 last.get("inputs_hashed", 0))
+        for note in notes:
+            log.info("%s", note)
         code = _finished_already(req, run_dir, shots)
         if code is not None:
             return code

@@ -7,7 +7,7 @@ EXIT_INTERNAL = 1  # unexpected internal error (traceback printed)
 EXIT_INVALID = 2  # invalid manifest or command-line usage (message says which row/column/option)
 EXIT_UNREADABLE = 3  # the manifest file cannot be read at all
 EXIT_LEASE_HELD = 4  # another run holds the run directory's lease; nothing was rendered
-EXIT_FINGERPRINT_CHANGED = 5  # manifest/settings/model/code changed; rerun with --restart to start over
+EXIT_FINGERPRINT_CHANGED = 5  # only with RunRequest.refuse_changed (s2v demo): a published shot changed
 EXIT_FAILED_SHOTS = 6  # the run finished but some shots failed (see results.parquet / s2v status)
 EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM; committed work is kept, a rerun resumes
 
@@ -17,7 +17,7 @@ DESCRIPTIONS: dict[int, str] = {
     EXIT_INVALID: "invalid manifest or usage",
     EXIT_UNREADABLE: "manifest unreadable",
     EXIT_LEASE_HELD: "another run holds the lease",
-    EXIT_FINGERPRINT_CHANGED: "fingerprint changed (use --restart to start over)",
+    EXIT_FINGERPRINT_CHANGED: "a published shot changed and changes were refused (use --restart)",
     EXIT_FAILED_SHOTS: "finished with failed shots",
     EXIT_INTERRUPTED: "interrupted; rerun to resume",
 }

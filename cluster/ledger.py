@@ -3,10 +3,14 @@ killed cluster loses nothing the directory holds).
 
 Layout (every file written by temp + fsync + rename; a reader never sees a partial one)::
 
-    run.json                         run id, fingerprint parts, settings, first/last start
-    manifest.parquet                 the normalised manifest (absolute paths, resolved seeds)
+    run.json                         run id, settings, start times, removed rows, prompt environment
+    manifest.parquet                 the normalised manifest of the latest start (absolute paths,
+                                     resolved seeds)
+    input_hashes.json                sha256 of input files by (path, size, mtime, inode): a cache
     lease.lock, lease.json           the lease (cluster.lease)
     prompts/<sha256>.pt              umT5 embedding of one unique prompt
+    shots/<shot_id>/key.json         the shot's key (cluster.fingerprint.ShotKey): what the work
+                                     below was made from; work of two keys is never mixed
     shots/<shot_id>/plan.json        the shot's plan (render.shot.plan.ShotPlan: geometry, segments)
     shots/<shot_id>/features-<i>.pt  wav2vec features of segment i's audio window
     shots/<shot_id>/status.json      state, attempts, failures (written by the driver)
@@ -36,6 +40,7 @@ from render.media.atomic import atomic_write_json, read_json
 RUN_FILE = "run.json"
 MANIFEST_FILE = "manifest.parquet"
 RESULTS_FILE = "results.parquet"
+HASHES_FILE = "input_hashes.json"
 # Everything a --restart removes (the lease files and logs/ stay; old logs move aside).
 _STATE_DIRS = ("prompts", "shots", "segments", "work", "groups")
 
@@ -99,8 +104,15 @@ class RunDir:
     def driver_log(self) -> Path:
         return self.path / "logs" / "driver.log"
 
+    @property
+    def hashes_file(self) -> Path:
+        return self.path / HASHES_FILE
+
     def shot_dir(self, shot_id: str) -> Path:
         return self.path / "shots" / shot_id
+
+    def key_file(self, shot_id: str) -> Path:
+        return self.shot_dir(shot_id) / "key.json"
 
     def plan_file(self, shot_id: str) -> Path:
         return self.shot_dir(shot_id) / "plan.json"
@@ -163,6 +175,35 @@ class RunDir:
 
     def write_status(self, shot_id: str, status: ShotStatus) -> None:
         atomic_write_json(self.status_file(shot_id), status.to_dict())
+
+    def read_key(self, shot_id: str) -> dict[str, Any] | None:
+        return read_json(self.key_file(shot_id))
+
+    def write_key(self, shot_id: str, key: dict[str, Any]) -> None:
+        atomic_write_json(self.key_file(shot_id), key)
+
+    def has_work(self, shot_id: str) -> bool:
+        """Anything of the shot in the ledger (plan, features, status, commits, intermediates)."""
+        return any(p.exists() for p in (self.shot_dir(shot_id), self.path / "segments" / shot_id,
+                                          self.work_dir(shot_id)))
+
+    def discard_shot(self, shot_id: str) -> None:
+        """Drop every piece of the shot's work (its inputs or frame settings changed, or a
+        re-render was asked for). The key file goes with it and is written again by the caller
+        afterwards, so a crash in between leaves a shot without a key, which is discarded again.
+        The published output file and the attempt logs stay (attempt numbers go on)."""
+        shutil.rmtree(self.shot_dir(shot_id), ignore_errors=True)
+        shutil.rmtree(self.path / "segments" / shot_id, ignore_errors=True)
+        shutil.rmtree(self.work_dir(shot_id), ignore_errors=True)
+
+    def unpublish(self, shot_id: str) -> None:
+        """Forget the publication (the encode settings changed): the committed segments are
+        stitched again; the old output file stays until the new one replaces it atomically."""
+        self.published_file(shot_id).unlink(missing_ok=True)
+        status = self.read_status(shot_id)
+        if status.state == "done":
+            status.state, status.finished_at = "pending", None
+            self.write_status(shot_id, status)
 
     def read_plan(self, shot_id: str) -> dict[str, Any] | None:
         return read_json(self.plan_file(shot_id))

@@ -1,8 +1,9 @@
-"""Run-level settings: what shapes the frames (fingerprinted) vs how the run is executed (not).
+"""Run-level settings: what shapes the frames (in every shot's key) vs how the run is executed (not).
 
 ``RunSettings`` + the manifest's per-shot columns fully determine a shot's frames, so both go
-into the run fingerprint. ``EngineOptions`` (group size, timeouts, retry budgets) change how
-work is spread, not what it produces, and may differ between a run and its resume.
+into each shot's key (cluster.fingerprint; ``crf`` only into its encode half). ``EngineOptions``
+(group size, timeouts, retry budgets) change how work is spread, not what it produces, and may
+differ between a run and its resume.
 """
 
 from __future__ import annotations

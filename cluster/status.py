@@ -61,6 +61,11 @@ def collect(run_dir: str | Path) -> RunReport:
         error = status.error if state == "failed" else (status.failures[-1].message if status.failures else "")
         lines.append(ShotLine(sid, state, f"{done}/{total if total is not None else '?'}", status.attempts,
                               row["output"], (error or "").replace("\n", " ")))
+    # Rows gone from the manifest: reported, never deleted (their output and work stay on disk).
+    for sid, info in sorted((record.get("removed") or {}).items()):
+        lines.append(ShotLine(sid, "removed", "-", run.read_status(sid).attempts, str(info.get("output", "")),
+                              "no longer in the manifest; output left on disk"
+                              + ("" if info.get("published") else " (was not published)")))
     counts = dict(Counter(line.state for line in lines))
     return RunReport(str(run.path), record.get("run_id"), live, lease.describe() if lease else None, counts, lines)
 
@@ -92,7 +97,7 @@ def main_status(run_dir: str, watch: float | None = None, as_json: bool = False)
         if watch:
             sys.stdout.write("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S ") + text + "\n")
             sys.stdout.flush()
-            if set(report.counts) <= {"done", "failed"}:
+            if set(report.counts) <= {"done", "failed", "removed"}:
                 return 0
             time.sleep(watch)
             continue

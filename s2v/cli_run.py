@@ -36,7 +36,7 @@ def _run(a: argparse.Namespace) -> int:
         manifest=Path(a.manifest), run_dir=Path(a.run_dir), settings=settings, engine=engine, address=a.address,
         restart=a.restart, retry_failed=a.retry_failed, bind_public=a.bind_public,
         allowed_roots=[Path(p) for p in a.allowed_root] or None, check_media=not a.no_media_check,
-        num_cpus=a.num_cpus,
+        num_cpus=a.num_cpus, rerender=[sid for group in a.rerender for sid in group],
     )
     return run(req)
 
@@ -64,9 +64,11 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "run", help="render a manifest on Ray (starts or joins a cluster); resumable",
         description="Render every shot of a manifest with render groups on Ray. The run directory is "
-                    "the ledger: a rerun renders nothing already committed. Exit codes: 0 all done, 2 invalid "
-                    "manifest/usage, 3 unreadable manifest, 4 another run holds the lease, 5 fingerprint "
-                    "changed (use --restart), 6 finished with failed shots, 130 interrupted.")
+                    "the ledger and follows the manifest shot by shot: a rerun renders new shots and shots whose "
+                    "inputs or settings changed, stitches again those whose crf/output changed, leaves the rest "
+                    "alone and reports removed rows. Exit codes: 0 all done, 2 invalid manifest/usage, 3 "
+                    "unreadable manifest, 4 another run holds the lease, 6 finished with failed shots, "
+                    "130 interrupted.")
     p.add_argument("manifest", help="Parquet shot manifest (see s2v validate)")
     p.add_argument("--run-dir", required=True, help="run directory (ledger, logs, results.parquet)")
     p.add_argument("--ckpt", required=True, help="checkpoint folder (official Wan2.2-S2V-14B layout)")
@@ -78,6 +80,8 @@ def register(subparsers: Any) -> None:
                    help="parallel dims of a group, e.g. 'ulysses=4', 'ulysses=2,cfg=2', 'ring=2,shard_weights=1' "
                         "(default auto: Ulysses when it divides the heads, else ring)")
     p.add_argument("--restart", action="store_true", help="discard the run directory's state and start over")
+    p.add_argument("--rerender", action="append", nargs="+", default=[], metavar="SHOT_ID",
+                   help="discard these shots' work and render them again (repeatable)")
     p.add_argument("--retry-failed", action="store_true", help="give shots marked failed new attempts")
     p.add_argument("--allowed-root", action="append", default=[],
                    help="directory manifest paths must stay inside (repeatable; default: the manifest's)")

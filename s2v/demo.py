@@ -150,7 +150,8 @@ def build_request(o: DemoOptions, manifest: Path, ckpt: Path):
     # before rendering and stitching after it, so each may use every core for its threads.
     engine = EngineOptions(group_size=1, groups=1, cpu_threads_per_rank=threads, prep_threads=threads)
     return RunRequest(manifest=manifest, run_dir=o.out_dir / "run", settings=RunSettings(ckpt=str(ckpt.resolve())),
-                      engine=engine, address="local", restart=o.restart, num_cpus=2)
+                      engine=engine, address="local", restart=o.restart, num_cpus=2,
+                      refuse_changed=True)
 
 
 def run_demo(o: DemoOptions) -> int:

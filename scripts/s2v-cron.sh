@@ -4,13 +4,14 @@
 #
 #   s2v-cron.sh MANIFEST RUN_DIR [more `s2v run` options, e.g. --ckpt DIR --groups 4 --group-size 2]
 #
-# crontab (every 15 minutes; a start while the previous run still holds the lease exits 4 at once):
+# crontab (every 15 minutes; a start while the previous run still holds the lease exits 4 at once).
+# The manifest may grow between firings: each firing renders the appended rows and the rows whose
+# inputs or settings changed, and leaves the published ones alone (docs/cluster.md, "Shot keys"):
 #   */15 * * * * /opt/s2v-render/scripts/s2v-cron.sh /data/shots/manifest.parquet /data/runs/nightly --ckpt /models/Wan2.2-S2V-14B --address auto
 #
 # Environment: S2V_BIN (the s2v command; default: .venv/bin/s2v of this checkout).
 # Exit codes (docs/cluster.md): 0 all done, 2 invalid manifest/usage, 3 unreadable manifest,
-# 4 another run holds the lease, 5 fingerprint changed (rerun by hand with --restart),
-# 6 finished with failed shots, 130 interrupted. cron mails what a job prints, so this script
+# 4 another run holds the lease, 6 finished with failed shots, 130 interrupted. cron mails what a job prints, so this script
 # prints only for the codes that need a person (not 0, not 4).
 set -u
 
@@ -37,7 +38,6 @@ case "$code" in
     2) what="invalid manifest or usage" ;;
     3) what="manifest unreadable" ;;
     4) what="another run holds the lease; nothing rendered" ;;
-    5) what="fingerprint changed: rerun by hand with --restart (re-renders everything) or use a new run dir" ;;
     6) what="finished with failed shots (s2v status --run-dir $run_dir)" ;;
     130) what="interrupted; the next start resumes" ;;
     *) what="internal error" ;;

@@ -10,7 +10,7 @@ RENDER_SLOTS = 4
 
 @pytest.fixture(autouse=True, scope="session")
 def _pinned_code_version():
-    """Pin the code part of run fingerprints: other work on the source tree while a test's run
+    """Pin the code part of shot keys: other work on the source tree while a test's run
     is resumed would otherwise (correctly) refuse the resume. Subprocess drivers inherit it."""
     import os
 

@@ -1,4 +1,4 @@
-"""The run directory without Ray: lease, fingerprint, scheduling policy, exit codes, status."""
+"""The run directory without Ray: lease, per-shot keys, scheduling policy, exit codes, status."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 from cluster import exit_codes as ec
 from cluster.driver import _prepare_run_dir, load_shots, run
-from cluster.fingerprint import changed_parts, compute_fingerprint
+from cluster.fingerprint import FRAME_PARTS, InputHashes, changed_parts, environment, shot_key
 from cluster.lease import LEASE_FILE, Lease, LeaseHeld, LeaseLost, check_fence, read_lease
 from cluster.ledger import Failure, RunDir, ShotStatus
 from cluster.scheduler import (
@@ -102,39 +102,120 @@ def small_manifest(tmp_path, tiny_ckpt):
     return write_rows(rows, tmp_path / "m.parquet"), rows
 
 
-def test_fingerprint_names_what_changed(tmp_path, tiny_ckpt, small_manifest):
+def _keys(req, shots, hashes=None):
+    env = environment(req.settings)
+    hashes = hashes or InputHashes(req.run_dir / "hashes.json")
+    return {s.shot_id: shot_key(s, req.settings, env, hashes) for s in shots}
+
+
+def test_shot_keys_name_what_changed_per_shot(tmp_path, tiny_ckpt, small_manifest):
     manifest, rows = small_manifest
     req = request(manifest, tmp_path / "run", tiny_ckpt)
     shots = load_shots(req)
-    base = compute_fingerprint(shots, req.settings)
-    assert changed_parts(base, compute_fingerprint(shots, req.settings)) == []
-    changed = write_rows([{**rows[0], "steps": 2}, rows[1]], tmp_path / "m2.parquet")
-    assert changed_parts(base, compute_fingerprint(load_shots(request(changed, tmp_path / "run", tiny_ckpt)),
-                                                   req.settings)) == ["manifest"]
-    other = request(manifest, tmp_path / "run", tiny_ckpt, settings={"crf": 20}).settings
-    assert changed_parts(base, compute_fingerprint(shots, other)) == ["settings"]
-    copy = shutil.copytree(tiny_ckpt, tmp_path / "ckpt-copy")
-    moved = request(manifest, tmp_path / "run", copy).settings
-    base_copy = compute_fingerprint(shots, moved)
-    os.utime(copy / "config.json", ns=(1, 1))  # e.g. a re-downloaded file
-    assert changed_parts(base_copy, compute_fingerprint(shots, moved)) == ["model"]
+    base = _keys(req, shots)
+    assert _keys(req, shots) == base
+
+    def diff(new_rows=None, **settings):
+        m = write_rows(new_rows or rows, tmp_path / "m2.parquet")
+        r = request(m, tmp_path / "run", settings.pop("ckpt", tiny_ckpt), settings=settings)
+        keys = _keys(r, load_shots(r))
+        return {sid: changed_parts(base[sid], k) for sid, k in keys.items()}
+
+    # a render column of one row: that shot's frames only; priority schedules and changes nothing
+    assert diff([{**rows[0], "steps": 2, "priority": 9}, rows[1]]) == {"shot00": ["render"], "shot01": []}
+    # crf: the encode half only, for every shot
+    assert diff(crf=20) == {"shot00": ["encode"], "shot01": ["encode"]}
+    assert diff(segment_seconds=5.0) == {"shot00": ["render"], "shot01": ["render"]}
+    # inputs by content: a renamed copy changes nothing, new bytes change the inputs part
+    copy = shutil.copy(rows[1]["audio"], tmp_path / "renamed.wav")
+    assert diff([rows[0], {**rows[1], "audio": str(copy)}]) == {"shot00": [], "shot01": []}
+    from tinymodel.demo_assets import cartoon_face
+
+    cartoon_face(Path(rows[0]["image"]), (80, 64), seed=7)  # the same file, another face
+    changed = diff()
+    assert changed == {"shot00": ["inputs"], "shot01": []}
+    ckpt = shutil.copytree(tiny_ckpt, tmp_path / "ckpt-copy")
+    os.utime(ckpt / "config.json", ns=(1, 1))  # e.g. a re-downloaded file
+    assert set(diff(ckpt=ckpt)["shot00"]) & set(FRAME_PARTS) == {"inputs", "model"}
 
 
-def test_changed_fingerprint_exits_5_and_touches_nothing(tmp_path, tiny_ckpt, small_manifest, capsys):
+def test_input_hashes_are_cached_by_size_mtime_and_inode(tmp_path):
+    f = tmp_path / "a.wav"
+    f.write_bytes(b"x" * 3_000_000)
+    h = InputHashes(tmp_path / "hashes.json")
+    first = h.digest(f)
+    h.save()
+    again = InputHashes(tmp_path / "hashes.json")
+    assert again.digest(f) == first and again.hashed == 0  # a cron firing reads nothing
+    f.write_bytes(b"y" * 3_000_000)  # same size, new mtime
+    assert again.digest(f) != first and again.hashed == 1
+
+
+def _fake_publish(run: RunDir, sid: str, output: str, with_work: bool) -> None:
+    """The ledger of a published one-segment shot (what the engine and the stitch task write)."""
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_bytes(b"video")
+    run.write_plan(sid, {"segments": [{"index": 0}]})
+    run.segment_record(sid, 0).parent.mkdir(parents=True, exist_ok=True)
+    run.segment_record(sid, 0).write_text("{}")
+    (run.path / "shots" / sid / "published.json").write_text(json.dumps({"output": output, "bytes": 5}))
+    run.write_status(sid, ShotStatus(state="done", attempts=1))
+    if with_work:
+        (run.work_dir(sid) / "segment_0000").mkdir(parents=True)
+
+
+def test_prepare_follows_the_manifest_shot_by_shot(tmp_path, tiny_ckpt, small_manifest, capsys):
     manifest, rows = small_manifest
     req = request(manifest, tmp_path / "run", tiny_ckpt)
-    run_id, code = _prepare_run_dir(RunDir(req.run_dir), load_shots(req), req)
-    assert code is None and (tmp_path / "run" / "manifest.parquet").is_file()
-    before = (tmp_path / "run" / "run.json").read_bytes()
-    changed = write_rows([{**rows[0], "prompt": "another prompt"}, rows[1]], tmp_path / "m2.parquet")
-    assert run(request(changed, tmp_path / "run", tiny_ckpt)) == ec.EXIT_FINGERPRINT_CHANGED
-    assert "manifest changed" in capsys.readouterr().err
-    assert (tmp_path / "run" / "run.json").read_bytes() == before
-    assert not (tmp_path / "run" / "lease.json").exists()  # released
-    # --restart starts over: a new run id, the old state gone
-    req2 = request(changed, tmp_path / "run", tiny_ckpt, restart=True)
-    run_id2, code = _prepare_run_dir(RunDir(req2.run_dir), load_shots(req2), req2)
-    assert code is None and run_id2 != run_id
+    run_dir = RunDir(req.run_dir)
+    run_id, code, _ = _prepare_run_dir(run_dir, load_shots(req), req)
+    assert code is None and json.loads(run_dir.run_file.read_text())["last_start"]["new"] == ["shot00", "shot01"]
+    assert run_dir.read_key("shot00") and run_dir.read_key("shot01")
+    _fake_publish(run_dir, "shot00", rows[0]["output"], with_work=False)
+    _fake_publish(run_dir, "shot01", rows[1]["output"], with_work=False)
+
+    # unchanged + an appended row: only the new one is touched; inputs come from the hash cache
+    extra = {**rows[1], "shot_id": "shot02", "output": rows[1]["output"].replace("shot01", "shot02")}
+    m2 = write_rows([*rows, extra], tmp_path / "m2.parquet")
+    req2 = request(m2, req.run_dir, tiny_ckpt)
+    run_id2, code, _ = _prepare_run_dir(run_dir, load_shots(req2), req2)
+    last = json.loads(run_dir.run_file.read_text())["last_start"]
+    assert (run_id2, code, last["new"], last["unchanged"], last["inputs_hashed"]) == (run_id, None, ["shot02"], 2, 0)
+    assert run_dir.is_published("shot00") and run_dir.is_published("shot01")
+
+    # crf: re-stitch; with the intermediates gone (no --keep-work) its segments render again
+    req3 = request(m2, req.run_dir, tiny_ckpt, settings={"crf": 20})
+    _, code, notes = _prepare_run_dir(run_dir, load_shots(req3), req3)
+    assert code is None and not run_dir.is_published("shot00") and run_dir.read_plan("shot00") is not None
+    assert any("shot00" in n and "rendered again" in n and "--keep-work" in n for n in notes)
+    assert run_dir.read_status("shot00").state == "pending"
+
+    # the refusing mode (s2v demo) exits 5 before touching anything; a changed row otherwise re-renders
+    _fake_publish(run_dir, "shot01", rows[1]["output"], with_work=True)
+    m4 = write_rows([rows[0], {**rows[1], "prompt": "another prompt"}, extra], tmp_path / "m4.parquet")
+    strict = request(m4, req.run_dir, tiny_ckpt, settings={"crf": 20}, refuse_changed=True)
+    assert _prepare_run_dir(run_dir, load_shots(strict), strict)[1] == ec.EXIT_FINGERPRINT_CHANGED
+    assert "--restart" in capsys.readouterr().err and run_dir.is_published("shot01")
+    req4 = request(m4, req.run_dir, tiny_ckpt, settings={"crf": 20})
+    _, code, notes = _prepare_run_dir(run_dir, load_shots(req4), req4)
+    assert code is None and run_dir.read_plan("shot01") is None and not run_dir.is_published("shot01")
+    assert any("shot01: render changed" in n for n in notes) and Path(rows[1]["output"]).is_file()
+
+    # a removed row: reported (run.json, status), nothing deleted
+    m5 = write_rows([rows[0], extra], tmp_path / "m5.parquet")
+    req5 = request(m5, req.run_dir, tiny_ckpt, settings={"crf": 20})
+    _, code, notes = _prepare_run_dir(run_dir, load_shots(req5), req5)
+    assert code is None and any("no longer in the manifest" in n and "shot01" in n for n in notes)
+    assert Path(rows[1]["output"]).is_file() and run_dir.read_key("shot01") is not None
+    states = {line.shot_id: line.state for line in collect(req.run_dir).shots}
+    assert states == {"shot00": "pending", "shot02": "pending", "shot01": "removed"}
+
+    # --rerender of an unknown shot is a usage error; --restart starts over with a new run id
+    bad = request(m5, req.run_dir, tiny_ckpt, settings={"crf": 20}, rerender=["nope"])
+    assert _prepare_run_dir(run_dir, load_shots(bad), bad)[1] == ec.EXIT_INVALID
+    again = request(m5, req.run_dir, tiny_ckpt, restart=True)
+    run_id6, code, _ = _prepare_run_dir(run_dir, load_shots(again), again)
+    assert code is None and run_id6 != run_id
 
 
 def test_invalid_and_unreadable_manifests_exit_2_and_3_with_row_and_column(tmp_path, tiny_ckpt, small_manifest,
