@@ -12,6 +12,10 @@ from manifests.schema import COLUMNS
 
 MAX_VALUE_CHARS = 60
 
+#: problems listed by ``s2v validate`` (and in a ManifestError's message) unless told otherwise;
+#: the JSON report and ``ManifestError.problems`` always hold all of them.
+DEFAULT_MAX_PROBLEMS = 50
+
 #: rules that mean the manifest file itself could not be read (CLI exit code 3).
 FILE_RULES = frozenset({"not-found", "not-a-file", "not-parquet", "unreadable"})
 
@@ -127,18 +131,55 @@ class ValidationReport:
         # stable sort: within a row, problems keep the order the checks found them in
         return sorted(self.problems, key=_sort_key)
 
-    def format_table(self) -> str:
-        """Aligned text table of errors, then warnings; a one-line summary when there are none."""
+    def rule_counts(self) -> dict[str, int]:
+        """Problems per rule, most frequent first."""
+        counts: dict[str, int] = {}
+        for p in self.problems:
+            counts[p.rule] = counts.get(p.rule, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    @property
+    def rows_with_problems(self) -> int:
+        return len({p.row for p in self.problems if p.row is not None})
+
+    def summary(self) -> str:
+        """One line: errors, warnings, rows with problems of all rows, counts per rule."""
+        errors, warnings = len(self.errors), len(self.warnings)
+        line = (f"summary: {errors} error(s), {warnings} warning(s); {self.rows_with_problems} of "
+                f"{self.num_rows} row(s) with problems")
+        if self.problems:
+            line += "; by rule: " + ", ".join(f"{rule} {n}" for rule, n in self.rule_counts().items())
+        return line
+
+    def format_table(self, max_problems: int | None = None) -> str:
+        """Aligned text table of errors, then warnings (a line saying OK when there is no error),
+        then a summary line. ``max_problems`` caps the listing (None: all); the summary and a
+        "not shown" line still count everything."""
         problems = self.sorted_problems()
         errors = [p for p in problems if p.is_error]
         warnings = [p for p in problems if not p.is_error]
+        shown = len(problems) if max_problems is None else max(0, max_problems)
+        shown_errors = errors[:shown]
+        shown_warnings = warnings[: max(0, shown - len(shown_errors))]
         parts = []
         if errors:
-            parts.append(f"{self.manifest}: {len(errors)} error(s)\n{_table(errors)}")
+            head = f"{self.manifest}: {len(errors)} error(s)"
+            if len(shown_errors) < len(errors):
+                head += f", the first {len(shown_errors)} listed"
+            parts.append(head + (f"\n{_table(shown_errors)}" if shown_errors else ""))
         if warnings:
-            parts.append(f"{self.manifest}: {len(warnings)} warning(s)\n{_table(warnings)}")
+            head = f"{self.manifest}: {len(warnings)} warning(s)"
+            if len(shown_warnings) < len(warnings):
+                head += f", the first {len(shown_warnings)} listed"
+            parts.append(head + (f"\n{_table(shown_warnings)}" if shown_warnings else ""))
         if not errors:
             parts.insert(0, f"{self.manifest}: OK ({self.num_rows} shot(s))")
+        hidden = len(problems) - len(shown_errors) - len(shown_warnings)
+        tail = self.summary()
+        if hidden:
+            tail = (f"... {hidden} more problem(s) not listed (s2v validate --max-problems N, --all, "
+                    f"or --json for every one)\n{tail}")
+        parts.append(tail)
         return "\n\n".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,6 +189,9 @@ class ValidationReport:
             "rows": self.num_rows,
             "errors": len(self.errors),
             "warnings": len(self.warnings),
+            "rows_with_problems": self.rows_with_problems,
+            "by_rule": self.rule_counts(),
+            "summary": self.summary(),
             "problems": [asdict(p) for p in self.sorted_problems()],
         }
 
@@ -161,4 +205,6 @@ class ManifestError(ValueError):
     def __init__(self, report: ValidationReport):
         self.report = report
         self.problems: list[Problem] = report.sorted_problems()
-        super().__init__(f"invalid manifest {report.manifest}\n{report.format_table()}")
+        super().__init__(
+            f"invalid manifest {report.manifest}\n{report.format_table(max_problems=DEFAULT_MAX_PROBLEMS)}"
+        )

@@ -1,7 +1,8 @@
-"""The ``s2v`` command: render-shot, demo, validate.
+"""The ``s2v`` command: render-shot, demo, validate (and run, status, submit, assemble, qa).
 
-Exit codes: 0 success; 2 invalid input (file, value or checkpoint problem, message says which);
-3 unreadable manifest; 1 unexpected internal error.
+Exit codes: 0 success; 2 invalid input (file, value or checkpoint problem, message says which) or
+a usage error (every subcommand; argparse prints ``usage:``); 3 unreadable manifest; 1 unexpected
+internal error. ``s2v run`` / ``s2v submit`` add theirs (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -112,14 +113,33 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_validate(a: argparse.Namespace) -> int:
-    from manifests.validate import main_validate
+    from manifests.validate import run_validate
 
-    return main_validate(a.rest)
+    return run_validate(a)
+
+
+def package_version() -> str:
+    """The installed package's version, else the one in the source tree's pyproject.toml."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("s2v-render")
+    except PackageNotFoundError:
+        pass
+    import re
+
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    try:
+        m = re.search(r'(?m)^version\s*=\s*"([^"]+)"', pyproject.read_text())
+    except OSError:
+        m = None
+    return m.group(1) if m else "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="s2v", description="Batch renderer for audio-driven video (Wan2.2-S2V-14B)")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("render-shot", help="render one audio + image + prompt to an MP4")
@@ -149,8 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_demo)
 
-    p = sub.add_parser("validate", help="check a Parquet manifest; lists every problem", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    from manifests.validate import VALIDATE_DESCRIPTION, add_validate_arguments
+
+    p = sub.add_parser("validate", help="check a Parquet manifest; lists every problem",
+                       description=VALIDATE_DESCRIPTION)
+    add_validate_arguments(p)
     p.set_defaults(fn=cmd_validate)
     from s2v.cli_run import register as register_cluster  # s2v run / status / submit
 
@@ -174,8 +197,26 @@ def _quiet_libraries() -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
+_TOP_OPTIONS = {"-v", "--verbose"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse an ``s2v`` command line. ``s2v submit``'s arguments after the first ``--`` are not
+    parsed here: they become ``run_args``, passed as given to the ``s2v run`` it submits."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    run_args: list[str] | None = None
+    cmd_at = next((i for i, x in enumerate(argv) if x not in _TOP_OPTIONS), None)
+    if cmd_at is not None and argv[cmd_at] == "submit" and "--" in argv[cmd_at:]:
+        cut = argv.index("--", cmd_at)
+        argv, run_args = argv[:cut], argv[cut + 1:]
     a = build_parser().parse_args(argv)
+    if a.cmd == "submit":
+        a.run_args = run_args or []
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_libraries()

@@ -68,6 +68,11 @@ def cmd_assemble(a: argparse.Namespace) -> int:
     chosen = film_shots(shots, a.sequence)
     r = assemble_film(chosen, a.out, size=a.size, crf=a.crf,
                       codec={"h264": "libx264", "h265": "libx265"}[a.codec], audio_source=a.audio_source)
+    if a.json:
+        print(json.dumps({"output": str(r.output), "width": r.width, "height": r.height, "shots": len(r.entries),
+                          "frames": r.frames, "duration_s": r.duration_s, "edl": str(r.edl), "csv": str(r.csv),
+                          "wall_s": r.wall_s}, indent=1))
+        return EXIT_OK
     print(f"wrote {r.output} ({r.width}x{r.height}, {len(r.entries)} shots, {r.frames} frames, "
           f"{r.duration_s:.2f} s) + {r.edl.name}, {r.csv.name} in {r.wall_s:.1f} s")
     return EXIT_OK
@@ -119,6 +124,7 @@ def register(subparsers) -> None:
     p.add_argument("--audio-source", default="original", choices=["original", "output"],
                    help="each shot's sound from its original audio file (default) or its rendered MP4")
     p.add_argument("--allowed-root", action="append", default=[], help="manifest paths must stay inside")
+    p.add_argument("--json", action="store_true", help="print the result (output, sidecars, frames...) as JSON")
     p.set_defaults(fn=cmd_assemble)
 
     p = subparsers.add_parser("qa", help="seam and colour-drift metrics of a stitched shot (and lip-sync of "

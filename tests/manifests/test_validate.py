@@ -165,7 +165,8 @@ def test_many_problems_are_all_reported(tmp_path):
     header = next(line for line in lines if line.startswith("row"))
     # aligned: the rule column starts at the same offset on every problem line
     rule_at = header.index("rule")
-    problem_lines = [line for line in lines[lines.index(header) + 2 :] if line.strip()]
+    assert lines[-1].startswith(f"summary: {len(expected)} error(s)")  # the table ends with a summary line
+    problem_lines = [line for line in lines[lines.index(header) + 2 : -1] if line.strip()]
     assert all(line[rule_at - 2 : rule_at] == "  " for line in problem_lines)
     data = json.loads(report.to_json())
     assert data["ok"] is False and data["errors"] == len(expected)
@@ -250,7 +251,7 @@ def test_main_validate_exit_codes_and_output(tmp_path, capsys):
     assert main_validate([str(tmp_path / "junk.parquet"), "--json"]) == 3
     assert json.loads(capsys.readouterr().out)["problems"][0]["rule"] == "not-parquet"
     assert main_validate([str(tmp_path)]) == 3  # a directory is not a manifest
-    assert main_validate(["--no-such-flag"]) == 64
+    assert main_validate(["--no-such-flag"]) == 2  # usage error, like every s2v command
 
 
 def test_validation_never_starts_a_process(tmp_path, monkeypatch):
@@ -296,4 +297,5 @@ def test_table_escapes_control_characters_and_clips_labels(tmp_path):
     assert "evil\\nid" in table
     (row1,) = [line for line in table.splitlines() if line.startswith("1 ")]
     assert row1.split()[1] == "x" * 37 + "..."  # the shot_id cell is clipped to 40 characters
-    assert len(table.splitlines()) == 1 + 2 + 3  # title, header, rule line, one line per problem
+    # title, header, rule line, one line per problem, a blank line and the summary
+    assert len(table.splitlines()) == 1 + 2 + 3 + 2

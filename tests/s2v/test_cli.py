@@ -1,0 +1,239 @@
+"""The ``s2v`` command line: --help/--version, usage errors, validate's listing, submit's parsing."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster import submit as submit_mod
+from manifests.schema import write_manifest
+from s2v.cli import main, package_version, parse_args
+from s2v.cli_run import submission_from_args
+from tests.manifests.malformed_cases import make_media, rows
+
+SUBCOMMANDS = ["render-shot", "demo", "validate", "run", "status", "submit", "assemble", "qa"]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _exit_code(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code or 0
+
+
+@pytest.mark.parametrize("cmd", SUBCOMMANDS)
+def test_every_subcommand_answers_help(cmd, capsys):
+    assert _exit_code([cmd, "--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: s2v " + cmd)
+
+
+@pytest.mark.parametrize("cmd", SUBCOMMANDS)
+def test_usage_errors_exit_2(cmd, capsys):
+    assert _exit_code([cmd, "--no-such-option"]) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_version_and_no_subcommand(capsys):
+    assert _exit_code(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"s2v {package_version()}"
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*", package_version())
+    assert _exit_code([]) == 2
+
+
+def test_version_from_a_subprocess():
+    proc = subprocess.run([sys.executable, "-m", "s2v", "--version"], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("s2v ")
+
+
+# --- validate ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def bad_manifest(tmp_path) -> Path:
+    """200 rows, each with steps out of range; every 4th also with an unknown sampler: 250 errors."""
+    make_media(tmp_path)
+    table = rows(n=200)
+    for i, row in enumerate(table):
+        row["steps"] = 0
+        if i % 4 == 0:
+            row["sampler"] = "euler-ish"
+    write_manifest(table, tmp_path / "bad.parquet")
+    return tmp_path / "bad.parquet"
+
+
+def _listed(out: str) -> int:
+    return len(re.findall(r"(?m)^\d+\s+shot\d+\s", out))
+
+
+def test_validate_options_before_the_manifest(tmp_path, capsys):
+    make_media(tmp_path)
+    write_manifest(rows(), tmp_path / "m.parquet")
+    assert main(["validate", "--json", "--no-media-check", str(tmp_path / "m.parquet")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] and data["rows"] == 2 and data["problems"] == []
+    assert main(["validate", "--allowed-root", str(tmp_path), str(tmp_path / "m.parquet"), "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "OK (2 shot(s))" in out and out.rstrip().splitlines()[-1].startswith("summary: 0 error(s)")
+    assert _exit_code(["validate"]) == 2  # no manifest: usage
+
+
+def test_validate_summary_and_cap(bad_manifest, capsys):
+    assert main(["validate", str(bad_manifest), "--no-media-check"]) == 2
+    out = capsys.readouterr().out
+    assert _listed(out) == 50
+    lines = out.rstrip().splitlines()
+    assert lines[-1] == ("summary: 250 error(s), 0 warning(s); 200 of 200 row(s) with problems; "
+                         f"by rule: range 200, {_sampler_rule(bad_manifest)} 50")
+    assert "200 more problem(s) not listed" in out
+    assert len(lines) < 70
+
+    assert main(["validate", "--max-problems", "7", str(bad_manifest), "--no-media-check"]) == 2
+    assert _listed(capsys.readouterr().out) == 7
+    assert main(["validate", "--all", str(bad_manifest), "--no-media-check"]) == 2
+    out = capsys.readouterr().out
+    assert _listed(out) == 250 and "not listed" not in out
+
+    assert main(["validate", "--json", str(bad_manifest), "--no-media-check"]) == 2
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["problems"]) == data["errors"] == 250 and data["rows_with_problems"] == 200
+    assert data["by_rule"]["range"] == 200 and sum(data["by_rule"].values()) == 250
+    assert data["summary"] == lines[-1]
+
+
+def _sampler_rule(manifest: Path) -> str:
+    from manifests import validate_manifest
+
+    return next(p.rule for p in validate_manifest(manifest, check_media=False).problems if p.column == "sampler")
+
+
+def test_run_json_prints_a_summary_on_stdout(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (tmp_path / "junk.parquet").write_bytes(b"PAR1 but not really")
+    code = main(["run", str(tmp_path / "junk.parquet"), "--run-dir", str(tmp_path / "run"), "--ckpt", str(ckpt),
+                 "--no-media-check", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 3
+    data = json.loads(out)  # stdout holds only the JSON summary; the problem listing went to stderr
+    assert (data["exit_code"], data["meaning"], data["status"]) == (3, "manifest unreadable", None)
+    assert data["run_dir"] == str(tmp_path / "run") and "not-parquet" in err
+
+
+# --- submit ------------------------------------------------------------------------------------
+
+def test_submit_splits_its_own_options_from_the_run_options(tmp_path):
+    a = parse_args(["-v", "submit", "m.parquet", "--run-dir", "runs/b1", "--wait", "--json", "--python", "/py",
+                    "--", "--ckpt", "/models/a b", "--groups", "8", "--wait"])
+    assert (a.cmd, a.manifest, a.run_dir, a.wait, a.json) == ("submit", "m.parquet", "runs/b1", True, True)
+    assert a.run_args == ["--ckpt", "/models/a b", "--groups", "8", "--wait"]
+    sub = submission_from_args(a)
+    assert sub.argv == ["/py", "-m", "s2v", "run", str(Path("m.parquet").absolute()),
+                        "--run-dir", str(Path("runs/b1").absolute()), "--address", "auto",
+                        "--ckpt", "/models/a b", "--groups", "8", "--wait"]
+    assert shlex.split(sub.entrypoint) == sub.argv and sub.runtime_env == {}
+    # options may come in any order before "--"; no "--" means no run options
+    a = parse_args(["submit", "--wait", "--run-dir", "D", "m.parquet"])
+    assert a.run_args == [] and a.manifest == "m.parquet" and a.wait
+
+
+def test_submit_runtime_env_and_working_dir(tmp_path):
+    (tmp_path / "env.yaml").write_text("pip:\n  - requests\nenv_vars:\n  OMP_NUM_THREADS: '1'\n")
+    a = parse_args(["submit", "m.parquet", "--run-dir", "D", "--runtime-env", str(tmp_path / "env.yaml"),
+                    "--working-dir", str(tmp_path), "--", "--ckpt", "C"])
+    env = submission_from_args(a).runtime_env
+    assert env == {"pip": ["requests"], "env_vars": {"OMP_NUM_THREADS": "1"}, "working_dir": str(tmp_path)}
+    (tmp_path / "env.json").write_text('{"env_vars": {"A": "1"}}')
+    a = parse_args(["submit", "m", "--run-dir", "D", "--runtime-env", str(tmp_path / "env.json")])
+    assert submission_from_args(a).runtime_env == {"env_vars": {"A": "1"}}
+
+
+def test_submit_usage_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(submit_mod, "_make_client", lambda address: pytest.fail("no job may be submitted"))
+    # run options without "--" are not guessed at
+    assert _exit_code(["submit", "m.parquet", "--run-dir", "D", "--ckpt", "C"]) == 2
+    assert _exit_code(["submit", "m.parquet", "--", "--ckpt", "C"]) == 2  # --run-dir is required
+    capsys.readouterr()
+    assert main(["submit", "m.parquet", "--run-dir", "D", "--", "--run-dir", "E"]) == 2
+    assert "give it before `--`" in capsys.readouterr().err
+    assert main(["submit", "m.parquet", "--run-dir", "D", "--runtime-env", str(tmp_path / "nope.yaml")]) == 2
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    assert main(["submit", "m.parquet", "--run-dir", "D", "--runtime-env", str(tmp_path / "list.yaml")]) == 2
+    assert "expected a mapping" in capsys.readouterr().err
+
+
+def _raise(exc):
+    def make(address):
+        raise exc
+    return make
+
+
+@pytest.mark.parametrize("kind", ["ray", "http"])
+def test_submit_authentication_error_is_one_actionable_line(kind, capsys, monkeypatch):
+    if kind == "ray":
+        from ray.exceptions import AuthenticationError
+
+        exc = AuthenticationError("Authentication failed: the request had no token")
+    else:
+        exc = RuntimeError("Request failed with status code 401: Unauthorized.")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setattr(submit_mod, "_make_client", _raise(exc))
+    code = main(["submit", "m.parquet", "--run-dir", "D", "--address", "http://head:8265", "--", "--ckpt", "C"])
+    out, err = capsys.readouterr()
+    assert code == submit_mod.EXIT_JOB_SERVER == 7 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "http://head:8265" in err and "RAY_AUTH_MODE=token" in err and "RAY_AUTH_MODE is not set" in err
+    assert "~/.ray/auth_token" in err and "RAY_AUTH_TOKEN_PATH" in err and "RAY_AUTH_TOKEN" in err
+
+
+def test_submit_unreachable_job_server(capsys, monkeypatch):
+    monkeypatch.setattr(submit_mod, "_make_client", _raise(ConnectionError("Failed to connect to Ray")))
+    assert main(["submit", "m.parquet", "--run-dir", "D"]) == 7
+    assert "cannot reach the Ray job server at http://127.0.0.1:8265" in capsys.readouterr().err
+
+
+class FakeJobs:
+    """A JobSubmissionClient stand-in: a job that logs two chunks and ends with s2v run's exit 6."""
+
+    def __init__(self):
+        self.submitted = {}
+
+    def submit_job(self, **kw):
+        self.submitted = kw
+        return "raysubmit_1"
+
+    async def tail_job_logs(self, job_id):
+        yield "rendering shot00\n"
+        yield "done: 1 failed\n"
+
+    def get_job_status(self, job_id):
+        return "FAILED"
+
+    def get_job_info(self, job_id):
+        return type("Info", (), {"status": "FAILED", "driver_exit_code": 6})()
+
+    def get_job_logs(self, job_id):  # pragma: no cover - only when streaming fails
+        raise AssertionError("logs were streamed")
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_submit_wait_streams_logs_and_exits_with_the_jobs_code(as_json, tmp_path, capsys, monkeypatch):
+    jobs = FakeJobs()
+    monkeypatch.setattr(submit_mod, "_make_client", lambda address: jobs)
+    argv = ["submit", "m.parquet", "--run-dir", str(tmp_path / "run"), "--wait", "--working-dir", str(tmp_path),
+            *(["--json"] if as_json else []), "--", "--ckpt", "C"]
+    assert main(argv) == 6
+    out, err = capsys.readouterr()
+    assert jobs.submitted["runtime_env"] == {"working_dir": str(tmp_path)}
+    assert jobs.submitted["metadata"] == {"s2v_run_dir": str(tmp_path / "run")}
+    log = err if as_json else out
+    assert "rendering shot00\ndone: 1 failed\n" in log and "job raysubmit_1: FAILED (s2v run exit code 6)" in log
+    if as_json:
+        data = json.loads(out)
+        assert (data["job_id"], data["status"], data["exit_code"]) == ("raysubmit_1", "FAILED", 6)
+        assert shlex.split(data["entrypoint"])[-4:] == ["--address", "auto", "--ckpt", "C"]
