@@ -2,7 +2,10 @@
 shot by shot (cluster.fingerprint: per-shot keys), start or join Ray, run the engine, write
 results.parquet, return the exit code (cluster.exit_codes).
 
-Nothing in the run directory is touched before the manifest is valid and the lease is held. A
+Nothing in the run directory is touched before the manifest is valid and the lease is held.
+A row-level problem (missing media, bad value...) only sets that row aside: it is recorded as a
+failed shot (failure stage ``validation``) and the valid rows render; manifest-level problems, or
+any problem with ``strict``, refuse the run (exit 2). A
 run directory follows its manifest: appended rows are rendered, changed shots rendered (or, for
 encode-only changes, stitched) again, removed rows reported and left on disk.
 """
@@ -34,7 +37,9 @@ from cluster.fingerprint import (
 from cluster.lease import Lease, LeaseHeld
 from cluster.ledger import RunDir
 from cluster.settings import EngineOptions, RunSettings
-from manifests import ManifestError, Shot, read_manifest
+from manifests import ManifestError, Shot, read_manifest, read_manifest_partial
+from manifests.problems import DEFAULT_MAX_PROBLEMS, ValidationReport
+from manifests.validate import PartialManifest
 
 log = logging.getLogger("cluster")
 
@@ -56,6 +61,8 @@ class RunRequest:
     # A published shot whose key changed exits 5 instead of being rendered again (s2v demo: a
     # demo folder rerun with other options asks for --restart rather than overwriting the video).
     refuse_changed: bool = False
+    # --strict: any invalid row refuses the whole run (exit 2), as before partial runs existed.
+    strict: bool = False
 
 
 def _say(message: str) -> None:
@@ -63,13 +70,43 @@ def _say(message: str) -> None:
 
 
 def load_shots(req: RunRequest) -> list[Shot] | int:
+    """The valid shots of the manifest (invalid rows left out unless ``req.strict``), or an exit code."""
+    loaded = load_manifest(req)
+    return loaded if isinstance(loaded, int) else loaded.shots
+
+
+def load_manifest(req: RunRequest) -> PartialManifest | int:
+    """The manifest's valid shots, invalid rows and pass-through columns, or an exit code."""
     try:
-        return read_manifest(req.manifest, req.allowed_roots, run_seed=req.settings.run_seed,
-                             check_media=req.check_media)
+        if req.strict:
+            shots = read_manifest(req.manifest, req.allowed_roots, run_seed=req.settings.run_seed,
+                                  check_media=req.check_media)
+            partial = read_manifest_partial(req.manifest, req.allowed_roots, run_seed=req.settings.run_seed,
+                                            check_media=False) if _has_passthrough(req.manifest) else None
+            return PartialManifest(ValidationReport(req.manifest), shots, [],
+                                   partial.passthrough if partial else None)
+        loaded = read_manifest_partial(req.manifest, req.allowed_roots, run_seed=req.settings.run_seed,
+                                       check_media=req.check_media)
     except ManifestError as exc:
         _say(f"manifest {req.manifest} is {'unreadable' if exc.report.file_unreadable else 'invalid'}:\n"
-             f"{exc.report.format_table()}")
+             f"{exc.report.format_table(max_problems=DEFAULT_MAX_PROBLEMS)}")
         return ec.EXIT_UNREADABLE if exc.report.file_unreadable else ec.EXIT_INVALID
+    if loaded.invalid:
+        problems = [p for r in loaded.invalid for p in r.problems]
+        table = ValidationReport(req.manifest, problems, loaded.report.num_rows).format_table(
+            max_problems=DEFAULT_MAX_PROBLEMS)
+        _say(f"{len(loaded.invalid)} of {loaded.report.num_rows} rows of {req.manifest} are invalid: they are not "
+             "rendered and are recorded as failed shots (failure stage 'validation'; --strict refuses the run "
+             f"instead):\n{table}")
+    return loaded
+
+
+def _has_passthrough(manifest: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    from manifests.schema import is_passthrough_column
+
+    return any(is_passthrough_column(n) for n in pq.read_schema(manifest).names)
 
 
 # What a start does with each shot of the manifest (see _decide).
@@ -132,7 +169,8 @@ def _previous_ids(run: RunDir) -> dict[str, str]:
     return {r["shot_id"]: r["output"] for r in pq.read_table(run.manifest_file, columns=["shot_id", "output"]).to_pylist()}
 
 
-def _prepare_run_dir(run: RunDir, shots: list[Shot], req: RunRequest) -> tuple[str, int | None, list[str]]:
+def _prepare_run_dir(run: RunDir, shots: list[Shot], req: RunRequest,
+                     invalid_ids: Sequence[str] = ()) -> tuple[str, int | None, list[str]]:
     """(run id, None, notes) when the run may go on, else (_, exit code, _).
 
     Brings the ledger in line with the manifest, shot by shot: new shots get a key, shots whose
@@ -197,7 +235,7 @@ def _prepare_run_dir(run: RunDir, shots: list[Shot], req: RunRequest) -> tuple[s
     removed = dict((record or {}).get("removed") or {})
     for sid in ids:
         removed.pop(sid, None)
-    newly = sorted(set(previous) - ids - set(removed))
+    newly = sorted(set(previous) - ids - set(invalid_ids) - set(removed))
     for sid in newly:
         removed[sid] = {"output": previous[sid], "removed_at": now, "published": run.is_published(sid)}
     if newly:
@@ -244,9 +282,10 @@ def run(req: RunRequest) -> int:
     except ValueError as exc:
         _say(str(exc))
         return ec.EXIT_INVALID
-    shots = load_shots(req)
-    if isinstance(shots, int):
-        return shots
+    loaded = load_manifest(req)
+    if isinstance(loaded, int):
+        return loaded
+    shots, invalid = loaded.shots, len(loaded.invalid)
     run_dir = RunDir(req.run_dir)
     try:
         lease = Lease(run_dir.path).acquire()
@@ -255,9 +294,12 @@ def run(req: RunRequest) -> int:
         return ec.EXIT_LEASE_HELD
     handler: logging.Handler | None = None
     try:
-        run_id, code, notes = _prepare_run_dir(run_dir, shots, req)
+        run_id, code, notes = _prepare_run_dir(run_dir, shots, req, [r.label for r in loaded.invalid])
         if code is not None:
             return code
+        from cluster.results import save_start_rows
+
+        save_start_rows(run_dir, loaded.invalid, loaded.passthrough)
         handler = _attach_driver_log(run_dir)
         log.info("run %s: %d shots, run directory %s (pid lease %s)", run_id, len(shots), run_dir.path, lease.token)
         last = (run_dir.read_run() or {}).get("last_start", {})
@@ -267,11 +309,11 @@ def run(req: RunRequest) -> int:
                  last.get("inputs_hashed", 0))
         for note in notes:
             log.info("%s", note)
-        code = _finished_already(req, run_dir, shots)
+        code = _finished_already(req, run_dir, shots, invalid)
         if code is not None:
             return code
         try:
-            return _run_engine(req, run_dir, run_id, shots, lease)
+            return _run_engine(req, run_dir, run_id, shots, lease, invalid)
         except Exception:  # a bug, not bad input: exit 1 (2 means the manifest/options are wrong)
             log.exception("run %s stopped by an internal error", run_id)
             _say(f"internal error (traceback in {run_dir.driver_log}); committed work is kept, a rerun resumes")
@@ -283,7 +325,11 @@ def run(req: RunRequest) -> int:
         lease.release()
 
 
-def _finished_already(req: RunRequest, run_dir: RunDir, shots: list[Shot]) -> int | None:
+def _invalid_note(invalid: int) -> str:
+    return f" + {invalid} invalid manifest rows (failed, not rendered)" if invalid else ""
+
+
+def _finished_already(req: RunRequest, run_dir: RunDir, shots: list[Shot], invalid: int = 0) -> int | None:
     """Every shot published (or failed, without --retry-failed): no need for Ray at all — a cron
     job that fires after the work is done costs a second, not a cluster start."""
     from cluster.results import state_counts, write_run_results
@@ -292,12 +338,13 @@ def _finished_already(req: RunRequest, run_dir: RunDir, shots: list[Shot]) -> in
     if counts["done"] + (0 if req.retry_failed else counts["failed"]) != len(shots):
         return None
     write_run_results(run_dir, shots)
-    _say(f"nothing to do: {counts['done']} done, {counts['failed']} failed of {len(shots)} shots "
-         f"(results: {run_dir.results_file})")
-    return ec.EXIT_FAILED_SHOTS if counts["failed"] else ec.EXIT_OK
+    _say(f"nothing to do: {counts['done']} done, {counts['failed']} failed of {len(shots)} shots"
+         f"{_invalid_note(invalid)} (results: {run_dir.results_file})")
+    return ec.EXIT_FAILED_SHOTS if counts["failed"] or invalid else ec.EXIT_OK
 
 
-def _run_engine(req: RunRequest, run_dir: RunDir, run_id: str, shots: list[Shot], lease: Lease) -> int:
+def _run_engine(req: RunRequest, run_dir: RunDir, run_id: str, shots: list[Shot], lease: Lease,
+                invalid: int = 0) -> int:
     from cluster.ray_runtime import RaySecurityError, connect
 
     # connect() first: it must set Ray's loopback switch before anything imports ray.
@@ -335,9 +382,9 @@ def _run_engine(req: RunRequest, run_dir: RunDir, run_id: str, shots: list[Shot]
         wall = time.time() - t0
         log.info("run finished in %.1f s: %d done, %d failed, %d segments rendered by this driver", wall,
                  counts["done"], counts["failed"], engine.rendered_segments)
-        _say(f"{counts['done']} done, {counts['failed']} failed of {len(shots)} shots in {wall:.1f} s "
-             f"(results: {run_dir.results_file})")
-        return ec.EXIT_FAILED_SHOTS if counts["failed"] else ec.EXIT_OK
+        _say(f"{counts['done']} done, {counts['failed']} failed of {len(shots)} shots{_invalid_note(invalid)} "
+             f"in {wall:.1f} s (results: {run_dir.results_file})")
+        return ec.EXIT_FAILED_SHOTS if counts["failed"] or invalid else ec.EXIT_OK
     finally:
         if started_here:
             ray.shutdown()

@@ -128,7 +128,7 @@ class RunEngine:
                     plan = plan_manifest_shot(shot, self.settings.render_settings(shot),
                                                 self.settings.segment_options(shot))
                 except Exception as exc:  # undecodable despite validation, unsupported settings...
-                    self._fail(sid, f"planning failed: {type(exc).__name__}: {exc}")
+                    self._fail(sid, f"planning failed: {type(exc).__name__}: {exc}", "planning", type(exc).__name__)
                     continue
                 self.run.write_plan(sid, plan.to_dict())
             else:
@@ -235,6 +235,7 @@ class RunEngine:
             st.attempts += 1
             st.state = "running"
             st.started_at = st.started_at or time.time()
+            st.device = "gpu" if self.spec.slot_resource == "GPU" else "cpu"
             attempt = self.run.next_attempt(sid)
             self.run.write_status(sid, st)
             self._attempt_note(sid, attempt, f"attempt {attempt}: segment {task.index} on group "
@@ -252,7 +253,7 @@ class RunEngine:
         if self._remaining_render_work() and all(s.given_up for s in self.slots):
             reason = "; ".join(sorted({s.given_up or "" for s in self.slots}))
             for sid in self.queue.shot_order():
-                self._fail(sid, f"no render group could be started: {reason}")
+                self._fail(sid, f"no render group could be started: {reason}", "render", "GroupStartError")
             return False
         return True
 
@@ -352,7 +353,7 @@ class RunEngine:
             self.queue.push(job.task)  # resumes from the segment's last committed clip
             self.run.write_status(sid, self.status[sid])
         else:
-            self._fail(sid, verdict.reason)
+            self._fail(sid, verdict.reason, "render", exc_type)
 
     # --- stitch and prep -------------------------------------------------------------------------
 
@@ -379,7 +380,7 @@ class RunEngine:
                 self.run.write_status(sid, st)
                 self._start_stitch(sid)
             else:
-                self._fail(sid, verdict.reason)
+                self._fail(sid, verdict.reason, "stitch", type(_cause(exc)).__name__)
             return
         st.state, st.finished_at, st.error = "done", record["published_at"], None
         self.run.write_status(sid, st)
@@ -390,12 +391,12 @@ class RunEngine:
         try:
             outcome = ray.get(ref)
         except Exception as exc:
-            outcome = {sid: f"preparation failed: {_describe(exc)}" for sid in chunk}
+            outcome = {sid: _describe(exc) for sid in chunk}
         for sid, error in outcome.items():
             if error is None:
                 self.prepared.add(sid)
-            else:
-                self._fail(sid, f"preparation failed: {error}")
+            else:  # "ExceptionType: message" (cluster.prep)
+                self._fail(sid, f"preparation failed: {error}", "preparation", error.split(":", 1)[0].strip() or None)
         if not any(k == "prep" for k, _ in self.inflight.values()) and self.prep_actor is not None:
             with contextlib.suppress(Exception):
                 ray.kill(self.prep_actor)  # frees the text encoder's and wav2vec's memory
@@ -403,9 +404,10 @@ class RunEngine:
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
-    def _fail(self, sid: str, reason: str) -> None:
+    def _fail(self, sid: str, reason: str, stage: str, failure_type: str | None = None) -> None:
         st = self.status.setdefault(sid, ShotStatus())
         st.state, st.error, st.finished_at = "failed", reason, time.time()
+        st.failure_stage, st.failure_type = stage, failure_type
         self.queue.drop_shot(sid)
         self.run.write_status(sid, st)
         log.error("shot %s failed: %s", sid, reason)

@@ -8,7 +8,7 @@ EXIT_INVALID = 2  # invalid manifest or command-line usage (message says which r
 EXIT_UNREADABLE = 3  # the manifest file cannot be read at all
 EXIT_LEASE_HELD = 4  # another run holds the run directory's lease; nothing was rendered
 EXIT_FINGERPRINT_CHANGED = 5  # only with RunRequest.refuse_changed (s2v demo): a published shot changed
-EXIT_FAILED_SHOTS = 6  # the run finished but some shots failed (see results.parquet / s2v status)
+EXIT_FAILED_SHOTS = 6  # the run finished but some shots failed or manifest rows were invalid (results.parquet)
 EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM; committed work is kept, a rerun resumes
 
 DESCRIPTIONS: dict[int, str] = {

@@ -67,6 +67,9 @@ class ShotStatus:
     started_at: float | None = None
     finished_at: float | None = None
     gpu_seconds: float = 0.0  # rank-seconds spent in segment attempts (successful or not)
+    failure_stage: str | None = None  # set when failed: planning | preparation | render | stitch
+    failure_type: str | None = None  # set when failed: exception class (or reason) of the failure
+    device: str | None = None  # "gpu" or "cpu": what the ranks of its last attempt ran on
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,7 +78,8 @@ class ShotStatus:
     def from_dict(d: dict[str, Any]) -> ShotStatus:
         failures = [Failure(**f) for f in d.get("failures", [])]
         return ShotStatus(d.get("state", "pending"), int(d.get("attempts", 0)), failures, d.get("error"),
-                          d.get("started_at"), d.get("finished_at"), float(d.get("gpu_seconds", 0.0)))
+                          d.get("started_at"), d.get("finished_at"), float(d.get("gpu_seconds", 0.0)),
+                          d.get("failure_stage"), d.get("failure_type"), d.get("device"))
 
 
 def prompt_key(text: str) -> str:
@@ -99,6 +103,20 @@ class RunDir:
     @property
     def results_file(self) -> Path:
         return self.path / RESULTS_FILE
+
+    @property
+    def invalid_file(self) -> Path:
+        """Rows of the manifest refused by validation at the last start (failed shots)."""
+        return self.path / "invalid_rows.json"
+
+    @property
+    def passthrough_file(self) -> Path:
+        """The manifest's pass-through (x_) columns plus ``manifest_row``, from the last start."""
+        return self.path / "passthrough.parquet"
+
+    def latest_attempt_log(self, shot_id: str) -> Path | None:
+        n = self.next_attempt(shot_id) - 1
+        return self.attempt_log(shot_id, n) if n > 0 else None
 
     @property
     def driver_log(self) -> Path:

@@ -38,7 +38,7 @@ class RunReport:
 
 
 def collect(run_dir: str | Path) -> RunReport:
-    from cluster.results import shot_state
+    from cluster.results import load_invalid_rows, shot_state
 
     run = RunDir(run_dir)
     record = run.read_run()
@@ -61,6 +61,10 @@ def collect(run_dir: str | Path) -> RunReport:
         error = status.error if state == "failed" else (status.failures[-1].message if status.failures else "")
         lines.append(ShotLine(sid, state, f"{done}/{total if total is not None else '?'}", status.attempts,
                               row["output"], (error or "").replace("\n", " ")))
+    # Rows refused by validation at the latest start: failed shots that never ran.
+    for invalid in load_invalid_rows(run):
+        message = "; ".join(f"{p.column or '-'}: {p.rule}" for p in invalid.problems if p.is_error)
+        lines.append(ShotLine(invalid.label, "failed", "-", 0, "", f"invalid manifest row {invalid.row}: {message}"))
     # Rows gone from the manifest: reported, never deleted (their output and work stay on disk).
     for sid, info in sorted((record.get("removed") or {}).items()):
         lines.append(ShotLine(sid, "removed", "-", run.read_status(sid).attempts, str(info.get("output", "")),

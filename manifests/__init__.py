@@ -5,7 +5,7 @@ from __future__ import annotations
 from manifests.problems import ManifestError, Problem, ValidationReport
 from manifests.results import ResultRow, read_results, write_results
 from manifests.schema import Shot, derive_seed, parse_size, write_manifest
-from manifests.validate import main_validate, read_manifest, validate_manifest
+from manifests.validate import main_validate, read_manifest, read_manifest_partial, validate_manifest
 
 __all__ = [
     "ManifestError",
@@ -17,6 +17,7 @@ __all__ = [
     "main_validate",
     "parse_size",
     "read_manifest",
+    "read_manifest_partial",
     "read_results",
     "validate_manifest",
     "write_manifest",

@@ -16,7 +16,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.problems import Problem, short_repr
-from manifests.schema import COLUMN_BY_NAME, COLUMNS, FLOAT, INT, PATH, REQUIRED_COLUMNS, STRING
+from manifests.schema import (
+    COLUMN_BY_NAME,
+    COLUMNS,
+    FLOAT,
+    INT,
+    PASSTHROUGH_PREFIX,
+    PATH,
+    REQUIRED_COLUMNS,
+    STRING,
+    is_passthrough_column,
+)
 
 #: placeholder for a cell whose value failed its type check (already reported).
 INVALID: Any = type("Invalid", (), {"__repr__": lambda self: "<invalid>"})()
@@ -66,6 +76,7 @@ class ColumnData:
     values: dict[str, list[Any]] = field(default_factory=dict)  # usable known columns only
     present: set[str] = field(default_factory=set)  # known columns present, usable or not
     shot_ids: list[str | None] = field(default_factory=list)  # for labelling problems
+    passthrough: list[str] = field(default_factory=list)  # user columns (x_ prefix), in file order
 
 
 def check_columns(table: pa.Table) -> tuple[ColumnData, list[Problem]]:
@@ -81,11 +92,21 @@ def check_columns(table: pa.Table) -> tuple[ColumnData, list[Problem]]:
             continue
         seen.add(name)
         spec = COLUMN_BY_NAME.get(name)
+        if spec is None and is_passthrough_column(name):
+            data.passthrough.append(name)
+            continue
         if spec is None:
             known = ", ".join(c.name for c in COLUMNS)
             problems.append(
                 Problem(
-                    None, None, name, "", "unknown-column", f"unknown column {name!r}; known columns: {known}"
+                    None,
+                    None,
+                    name,
+                    "",
+                    "unknown-column",
+                    f"unknown column {name!r}; known columns: {known}. A column of your own must be named "
+                    f"with the {PASSTHROUGH_PREFIX!r} prefix (e.g. '{PASSTHROUGH_PREFIX}{name}'): it is then "
+                    "copied unchanged into results.parquet",
                 )
             )
             continue

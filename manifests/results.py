@@ -3,6 +3,11 @@
 A published output without a record here does not count as done, so this file is rewritten
 whole through temp file + fsync + rename; a reader never sees a partial table.
 Timestamps are timezone-aware UTC; naive datetimes are refused because their zone is unknowable.
+
+Columns a pipeline joins on: ``manifest_row`` (0-based row of the manifest), ``run_id``,
+``width``/``height`` (planned output geometry), ``log_path`` (latest attempt log),
+``failure_stage``/``failure_type`` and, for rows refused by validation, ``validation_errors``.
+``write_results(..., extra=table)`` appends the manifest's pass-through (``x_``) columns unchanged.
 """
 
 from __future__ import annotations
@@ -21,8 +26,19 @@ import pyarrow.parquet as pq
 from manifests.atomic import atomic_write_table
 
 STATUSES: tuple[str, ...] = ("pending", "running", "done", "failed", "skipped")
+#: where a failed shot failed (``failure_stage``).
+FAILURE_STAGES: tuple[str, ...] = ("validation", "planning", "preparation", "render", "stitch")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _UTC_TS = pa.timestamp("us", tz="UTC")
+VALIDATION_ERROR_TYPE = pa.struct(
+    [
+        pa.field("column", pa.string()),
+        pa.field("rule", pa.string(), nullable=False),
+        pa.field("message", pa.string(), nullable=False),
+        pa.field("value", pa.string()),
+    ]
+)
+_VALIDATION_ERROR_KEYS = ("column", "rule", "message", "value")
 
 RESULTS_SCHEMA = pa.schema(
     [
@@ -42,8 +58,19 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("gpu_seconds", pa.float64()),
         pa.field("segments_total", pa.int32()),
         pa.field("segments_done", pa.int32()),
+        pa.field("manifest_row", pa.int64()),
+        pa.field("run_id", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("log_path", pa.string()),
+        pa.field("failure_stage", pa.string()),
+        pa.field("failure_type", pa.string()),
+        pa.field("validation_errors", pa.list_(VALIDATION_ERROR_TYPE)),
     ]
 )
+#: columns added after the first release: a results file written before them reads them as null.
+_LATER_COLUMNS = ("manifest_row", "run_id", "width", "height", "log_path", "failure_stage", "failure_type",
+                  "validation_errors")
 
 
 class ResultsError(ValueError):
@@ -68,6 +95,14 @@ class ResultRow:
     gpu_seconds: float | None = None
     segments_total: int | None = None
     segments_done: int | None = None
+    manifest_row: int | None = None
+    run_id: str | None = None
+    width: int | None = None
+    height: int | None = None
+    log_path: str | None = None
+    failure_stage: str | None = None
+    failure_type: str | None = None
+    validation_errors: list[dict[str, Any]] | None = None
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(ResultRow))
@@ -93,7 +128,8 @@ def _normalise(index: int, row: ResultRow | Mapping[str, Any]) -> dict[str, Any]
         raise bad("shot_id", "a non-empty string")
     if out["status"] not in STATUSES:
         raise bad("status", "one of " + ", ".join(STATUSES))
-    for column in ("attempts", "frames", "resolved_seed", "segments_total", "segments_done"):
+    for column in ("attempts", "frames", "resolved_seed", "segments_total", "segments_done", "manifest_row",
+                   "width", "height"):
         v = out[column]
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
             raise bad(column, "a non-negative integer")
@@ -107,8 +143,24 @@ def _normalise(index: int, row: ResultRow | Mapping[str, Any]) -> dict[str, Any]
         isinstance(out["sha256"], str) and _SHA256_RE.fullmatch(out["sha256"])
     ):
         raise bad("sha256", "64 lowercase hex digits")
-    if out["output"] is not None:
-        out["output"] = str(out["output"])
+    for column in ("output", "log_path"):
+        if out[column] is not None:
+            out[column] = str(out[column])
+    for column in ("run_id", "failure_type"):
+        if out[column] is not None and not isinstance(out[column], str):
+            raise bad(column, "a string")
+    if out["failure_stage"] is not None and out["failure_stage"] not in FAILURE_STAGES:
+        raise bad("failure_stage", "one of " + ", ".join(FAILURE_STAGES))
+    if out["status"] != "failed" and (out["failure_stage"] is not None or out["failure_type"] is not None):
+        raise bad("failure_stage", "null unless status is 'failed'")
+    errors = out["validation_errors"]
+    if errors is not None:
+        if not isinstance(errors, list | tuple) or not all(
+            isinstance(e, Mapping) and set(e) <= set(_VALIDATION_ERROR_KEYS) and e.get("rule") and e.get("message")
+            for e in errors
+        ):
+            raise bad("validation_errors", "a list of {column, rule, message, value} with rule and message set")
+        out["validation_errors"] = [{k: e.get(k) for k in _VALIDATION_ERROR_KEYS} for e in errors]
     for column in ("started_at", "finished_at"):
         v = out[column]
         if v is not None:
@@ -133,18 +185,38 @@ def results_table(rows: Iterable[ResultRow | Mapping[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(normal, schema=RESULTS_SCHEMA)
 
 
-def write_results(rows: Iterable[ResultRow | Mapping[str, Any]], path: str | Path) -> Path:
-    """Validate ``rows`` and write them atomically (temp + fsync + rename) to ``path``."""
-    return atomic_write_table(results_table(rows), Path(path))
+def write_results(
+    rows: Iterable[ResultRow | Mapping[str, Any]], path: str | Path, *, extra: pa.Table | None = None
+) -> Path:
+    """Validate ``rows`` and write them atomically (temp + fsync + rename) to ``path``.
+
+    ``extra``: further columns, one row per results row in the same order (the manifest's
+    pass-through ``x_`` columns), appended with their names and types unchanged."""
+    table = results_table(rows)
+    if extra is not None and extra.num_columns:
+        if extra.num_rows != table.num_rows:
+            raise ResultsError(f"extra columns have {extra.num_rows} rows; the results have {table.num_rows}")
+        clash = sorted(set(extra.column_names) & set(table.column_names))
+        if clash:
+            raise ResultsError(f"extra column(s) {clash} clash with results columns")
+        for name in extra.column_names:
+            table = table.append_column(extra.schema.field(name), extra.column(name))
+    return atomic_write_table(table, Path(path))
 
 
 def read_results(path: str | Path) -> list[ResultRow]:
-    """Read a results file; timestamps come back as timezone-aware UTC datetimes."""
+    """Read a results file; timestamps come back as timezone-aware UTC datetimes.
+
+    Pass-through (``x_``) columns are not part of ``ResultRow``: read them with ``pyarrow``."""
     path = Path(path)
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise ResultsError(f"cannot read results file {path}: {exc}") from exc
+    for name in _LATER_COLUMNS:  # a file from before these columns: they read as null
+        if name not in table.column_names:
+            spec = RESULTS_SCHEMA.field(name)
+            table = table.append_column(spec, pa.nulls(table.num_rows, spec.type))
     missing = [n for n in _FIELD_NAMES if n not in table.column_names]
     if missing:
         raise ResultsError(f"results file {path} lacks column(s) {', '.join(missing)}")

@@ -98,6 +98,14 @@ COLUMN_BY_NAME: dict[str, ColumnSpec] = {c.name: c for c in COLUMNS}
 REQUIRED_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.required)
 PATH_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.kind == PATH)
 INPUT_PATH_COLUMNS: tuple[str, ...] = ("audio", "image", "pose_video")
+#: columns named with this prefix are the user's own (a take number, an edit id...): validation
+#: ignores them and ``s2v run`` copies them unchanged (same name, same Arrow type) into
+#: results.parquet. Any other unknown column is an error.
+PASSTHROUGH_PREFIX = "x_"
+
+
+def is_passthrough_column(name: str) -> bool:
+    return name.startswith(PASSTHROUGH_PREFIX) and len(name) > len(PASSTHROUGH_PREFIX)
 
 #: canonical Arrow schema written by ``write_manifest`` (readers accept wider variants).
 MANIFEST_SCHEMA = pa.schema([pa.field(c.name, c.arrow_type, nullable=not c.required) for c in COLUMNS])

@@ -36,9 +36,29 @@ def _run(a: argparse.Namespace) -> int:
         manifest=Path(a.manifest), run_dir=Path(a.run_dir), settings=settings, engine=engine, address=a.address,
         restart=a.restart, retry_failed=a.retry_failed, bind_public=a.bind_public,
         allowed_roots=[Path(p) for p in a.allowed_root] or None, check_media=not a.no_media_check,
-        num_cpus=a.num_cpus, rerender=[sid for group in a.rerender for sid in group],
+        num_cpus=a.num_cpus, rerender=[sid for group in a.rerender for sid in group], strict=a.strict,
     )
-    return run(req)
+    if not a.json:
+        return run(req)
+    import contextlib
+    import json
+    import sys
+
+    from cluster import exit_codes
+
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON summary
+        code = run(req)
+    summary: dict[str, Any] = {"exit_code": code, "meaning": exit_codes.DESCRIPTIONS.get(code, "unknown"),
+                               "manifest": str(Path(a.manifest).absolute()),
+                               "run_dir": str(Path(a.run_dir).absolute()), "status": None}
+    try:
+        from cluster.status import status_dict
+
+        summary["status"] = status_dict(a.run_dir)
+    except (FileNotFoundError, ValueError, OSError):
+        pass  # e.g. an invalid manifest: nothing was written to the run directory
+    print(json.dumps(summary, indent=1, default=str))
+    return code
 
 
 def _status(a: argparse.Namespace) -> int:
@@ -50,7 +70,16 @@ def _status(a: argparse.Namespace) -> int:
 def _submit(a: argparse.Namespace) -> int:
     from cluster.submit import main_submit
 
-    return main_submit(a.manifest, a.run_dir, a.run_args, a.address, a.wait, a.python, a.submission_id)
+    return main_submit(a.manifest, a.run_dir, a.run_args, a.address, a.wait, a.python, a.submission_id,
+                       runtime_env=a.runtime_env, working_dir=a.working_dir, as_json=a.json)
+
+
+def submission_from_args(a: argparse.Namespace):
+    """The job ``s2v submit`` would submit for parsed arguments (no Ray contacted)."""
+    from cluster.submit import build_submission
+
+    return build_submission(a.manifest, a.run_dir, a.run_args, python=a.python, runtime_env=a.runtime_env,
+                            working_dir=a.working_dir, submission_id=a.submission_id)
 
 
 def register(subparsers: Any) -> None:
@@ -67,7 +96,8 @@ def register(subparsers: Any) -> None:
                     "the ledger and follows the manifest shot by shot: a rerun renders new shots and shots whose "
                     "inputs or settings changed, stitches again those whose crf/output changed, leaves the rest "
                     "alone and reports removed rows. Exit codes: 0 all done, 2 invalid manifest/usage, 3 "
-                    "unreadable manifest, 4 another run holds the lease, 6 finished with failed shots, "
+                    "unreadable manifest, 4 another run holds the lease, 6 finished with failed shots (invalid rows "
+                    "included), "
                     "130 interrupted.")
     p.add_argument("manifest", help="Parquet shot manifest (see s2v validate)")
     p.add_argument("--run-dir", required=True, help="run directory (ledger, logs, results.parquet)")
@@ -86,6 +116,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--allowed-root", action="append", default=[],
                    help="directory manifest paths must stay inside (repeatable; default: the manifest's)")
     p.add_argument("--no-media-check", action="store_true", help="skip decoding media during validation")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse the whole run (exit 2, nothing rendered) when any manifest row is invalid; "
+                        "by default invalid rows become failed shots (stage 'validation') and the rest render")
     p.add_argument("--run-seed", type=int, default=0, help="seeds of shots with a null seed derive from it")
     p.add_argument("--crf", type=int, default=defaults.crf,
                    help=f"H.264 quality, 0 (lossless) .. 51 (default {defaults.crf})")
@@ -127,6 +160,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: detected)")
     p.add_argument("--bind-public", action="store_true",
                    help="bind the local dashboard/job server to all interfaces (requires Ray token auth)")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON summary (exit code, run directory state) on stdout at the end; "
+                        "progress messages go to stderr")
     p.set_defaults(fn=_run)
 
     p = subparsers.add_parser("status", help="print the state of a run directory (live or finished)")
@@ -135,12 +171,30 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_status)
 
-    p = subparsers.add_parser("submit", help="submit `s2v run` to a Ray cluster through the Jobs API")
-    p.add_argument("manifest")
-    p.add_argument("--run-dir", required=True)
+    p = subparsers.add_parser(
+        "submit", help="submit `s2v run` to a Ray cluster through the Jobs API",
+        usage="s2v submit [-h] MANIFEST --run-dir DIR [--address URL] [--wait] [--runtime-env FILE] "
+              "[--working-dir DIR] [--python PY] [--submission-id ID] [--json] [-- RUN_OPTIONS...]",
+        description="Submit `s2v run MANIFEST --run-dir DIR --address auto RUN_OPTIONS` as a Ray job. Options of "
+                    "`s2v submit` come before `--`; everything after `--` goes, as given, to `s2v run` (e.g. "
+                    "-- --ckpt /models/Wan2.2-S2V-14B --groups 8). Paths must be valid on the cluster. "
+                    "Ray token authentication: run with RAY_AUTH_MODE=token and the cluster's token in "
+                    "~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH / RAY_AUTH_TOKEN). Exit codes: 0 submitted "
+                    "(with --wait: the job's `s2v run` exit code, 1 when it has none), 2 usage, 7 job server "
+                    "unreachable or authentication refused, 130 interrupted while waiting (the job keeps "
+                    "running).")
+    p.add_argument("manifest", help="Parquet shot manifest, as the cluster sees it")
+    p.add_argument("--run-dir", required=True, help="run directory, as the cluster sees it")
     p.add_argument("--address", default=None, help="job server URL (default http://127.0.0.1:8265)")
-    p.add_argument("--wait", action="store_true", help="wait for the job; exit with its exit code")
+    p.add_argument("--wait", action="store_true",
+                   help="stream the job's log while it runs; exit with its `s2v run` exit code")
+    p.add_argument("--runtime-env", default=None, metavar="FILE",
+                   help="Ray runtime environment of the job: a JSON or YAML file (or an inline JSON object)")
+    p.add_argument("--working-dir", default=None, metavar="DIR",
+                   help="upload DIR as the job's working directory (runtime_env working_dir)")
     p.add_argument("--python", default=None, help="python of the cluster's environment (default: this one)")
     p.add_argument("--submission-id", default=None)
-    p.add_argument("run_args", nargs=argparse.REMAINDER, help="-- then options for `s2v run` (e.g. --ckpt DIR)")
-    p.set_defaults(fn=_submit)
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON summary on stdout (job id, entrypoint; with --wait status and exit code); "
+                        "the job's log goes to stderr")
+    p.set_defaults(fn=_submit, run_args=[])

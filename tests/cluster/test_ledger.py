@@ -222,9 +222,17 @@ def test_invalid_and_unreadable_manifests_exit_2_and_3_with_row_and_column(tmp_p
                                                                            capsys):
     _, rows = small_manifest
     bad = write_rows([rows[0], {**rows[1], "steps": 0}], tmp_path / "bad.parquet")
-    assert run(request(bad, tmp_path / "run", tiny_ckpt)) == ec.EXIT_INVALID
+    assert run(request(bad, tmp_path / "run", tiny_ckpt, strict=True)) == ec.EXIT_INVALID  # --strict
     err = capsys.readouterr().err
     assert "steps" in err and "shot01" in err
+    # manifest-level problems refuse the run without --strict too; the hint names the x_ prefix
+    unknown = write_rows([{**r, "take": 1} for r in rows], tmp_path / "unknown.parquet")
+    assert run(request(unknown, tmp_path / "run", tiny_ckpt)) == ec.EXIT_INVALID
+    err = capsys.readouterr().err
+    assert "unknown-column" in err and "x_take" in err
+    dup = write_rows([rows[0], {**rows[1], "shot_id": rows[0]["shot_id"]}], tmp_path / "dup.parquet")
+    assert run(request(dup, tmp_path / "run", tiny_ckpt)) == ec.EXIT_INVALID
+    assert "duplicate-id" in capsys.readouterr().err
     (tmp_path / "junk.parquet").write_bytes(b"not parquet")
     assert run(request(tmp_path / "junk.parquet", tmp_path / "run", tiny_ckpt)) == ec.EXIT_UNREADABLE
     assert not (tmp_path / "run").exists()  # nothing is created for a manifest that cannot run

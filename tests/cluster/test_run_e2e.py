@@ -107,7 +107,9 @@ def test_twelve_shots_on_two_groups_of_two(local_ray, twelve):
         assert info.frames == r.frames == round(seconds * 16) and info.audio_codec == "aac"
         assert abs(r.duration_s - seconds) <= 1 / 16
         assert r.segments_done == r.segments_total and r.finished_at >= r.started_at
-        assert r.resolved_seed == (100 + i if i != 5 else derive_seed(0, "shot05")) and r.gpu_seconds > 0
+        assert r.resolved_seed == (100 + i if i != 5 else derive_seed(0, "shot05"))
+        assert r.gpu_seconds is None and r.wall_s > 0  # CPU ranks: no GPU time to report
+        assert r.manifest_row == i and r.width == r.height == 64 and Path(r.log_path).is_file()
     parallel_segments = len(json.loads((req.run_dir / "shots" / "shot11" / "plan.json").read_text())["segments"])
     assert results["shot11"].segments_total == parallel_segments >= 2  # the parallel-mode shot
     assert not any(p.name.startswith(".") for p in (d / "out").iterdir())  # no temp files left
@@ -182,6 +184,8 @@ def test_shot_failing_the_same_way_twice_is_marked_failed_and_the_run_goes_on(lo
     assert results["shot01"].status == "done"
     bad = results["shot00"]
     assert bad.status == "failed" and bad.attempts == 2 and "failed the same way twice" in bad.error
+    assert bad.failure_stage == "render" and bad.failure_type and bad.output is None
+    assert bad.log_path == str(run_dir.path / "logs" / "shot00" / "2.log")
     assert sorted(p.name for p in (run_dir.path / "logs" / "shot00").glob("*.log")) == ["1.log", "2.log"]
     assert "Traceback" in (run_dir.path / "logs" / "shot00" / "1.log").read_text()  # the rank's own log
     assert not Path(rows[0]["output"]).exists()
@@ -203,6 +207,59 @@ def test_group_start_budget_then_shots_fail_with_the_reason(local_ray, tmp_path,
     assert time.time() - t0 < 120
     (r,) = read_results(tmp_path / "run" / "results.parquet")
     assert r.status == "failed" and "no render group could be started" in r.error and "safetensors" in r.error
+    assert (r.failure_stage, r.failure_type, r.output, r.width) == ("render", "GroupStartError", None, 64)
+
+
+def test_invalid_rows_fail_alone_and_x_columns_pass_through(local_ray, tmp_path, tiny_ckpt, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = shot_rows(tmp_path, [1.0, 1.0, 1.0], tmp_path / "out")
+    rows[1]["audio"] = str(tmp_path / "media" / "missing.wav")
+    for i, row in enumerate(rows):
+        row["x_take"] = 10 + i
+    manifest = write_rows(rows, tmp_path / "m.parquet")
+    engine = {"groups": 1, "group_size": 1}
+
+    # --strict: all or nothing, as before
+    assert run(request(manifest, tmp_path / "run", tiny_ckpt, engine=engine, strict=True)) == ec.EXIT_INVALID
+    assert "missing.wav" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
+
+    req = request(manifest, tmp_path / "run", tiny_ckpt, engine=engine)
+    assert run(req) == ec.EXIT_FAILED_SHOTS
+    err = capsys.readouterr().err
+    assert "1 of 3 rows" in err and "1 invalid manifest rows" in err and "2 done, 0 failed of 2 shots" in err
+    run_id = json.loads((req.run_dir / "run.json").read_text())["run_id"]
+
+    table = pq.read_table(req.run_dir / "results.parquet")
+    assert table.schema.field("x_take").type == pa.int64() and table.column("x_take").to_pylist() == [10, 11, 12]
+    assert table.schema.field("manifest_row").type == pa.int64() and table.schema.field("width").type == pa.int32()
+    assert table.schema.field("gpu_seconds").type == pa.float64()
+    results = read_results(req.run_dir / "results.parquet")
+    assert [(r.shot_id, r.manifest_row, r.status) for r in results] == [
+        ("shot00", 0, "done"), ("shot01", 1, "failed"), ("shot02", 2, "done")]
+    for r in (results[0], results[2]):
+        assert Path(r.output).is_file() and r.run_id == run_id and (r.width, r.height) == (64, 64)
+        assert Path(r.log_path).is_file() and r.log_path.startswith(str(req.run_dir / "logs" / r.shot_id))
+        assert r.gpu_seconds is None and r.wall_s > 0 and r.failure_stage is r.failure_type is None
+    bad = results[1]
+    assert (bad.output, bad.attempts, bad.run_id, bad.width, bad.log_path, bad.gpu_seconds) == (
+        None, 0, run_id, None, None, None)
+    assert (bad.failure_stage, bad.failure_type) == ("validation", "missing-file")
+    assert [(e["column"], e["rule"]) for e in bad.validation_errors] == [("audio", "missing-file")]
+    assert "missing.wav" in bad.validation_errors[0]["message"] and "audio" in bad.error
+    assert not (tmp_path / "out" / "shot01.mp4").exists()
+    states = {line.shot_id: (line.state, line.error) for line in collect(req.run_dir).shots}
+    assert states["shot01"][0] == "failed" and "missing-file" in states["shot01"][1]
+    assert states["shot00"][0] == states["shot02"][0] == "done"
+
+    # a rerun renders nothing (no Ray) and reports the same
+    assert run(req) == ec.EXIT_FAILED_SHOTS
+    assert "1 invalid manifest rows" in capsys.readouterr().err
+    again = pq.read_table(req.run_dir / "results.parquet")
+    assert again.column("status").to_pylist() == ["done", "failed", "done"]
+    assert again.column("x_take").to_pylist() == [10, 11, 12]
 
 
 def test_groups_avoid_excluded_nodes(local_ray, tmp_path, tiny_ckpt):
