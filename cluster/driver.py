@@ -314,7 +314,14 @@ def run(req: RunRequest) -> int:
             return code
         try:
             return _run_engine(req, run_dir, run_id, shots, lease, invalid)
-        except Exception:  # a bug, not bad input: exit 1 (2 means the manifest/options are wrong)
+        except Exception as exc:  # a bug, not bad input: exit 1 (2 means the manifest/options are wrong)
+            from render.media.atomic import describe_os_error, environment_error
+
+            env = environment_error(exc)
+            if env is not None:  # the run directory's disk is full, read-only or forbidden
+                log.error("run %s stopped: %s", run_id, describe_os_error(env))
+                _say(f"error: {describe_os_error(env)}; committed work is kept, a rerun resumes")
+                return ec.EXIT_ENVIRONMENT
             log.exception("run %s stopped by an internal error", run_id)
             _say(f"internal error (traceback in {run_dir.driver_log}); committed work is kept, a rerun resumes")
             return ec.EXIT_INTERNAL

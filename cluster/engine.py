@@ -20,6 +20,7 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from threading import Event
 from typing import Any
 
@@ -42,6 +43,7 @@ from cluster.scheduler import (
 from cluster.settings import EngineOptions, RunSettings
 from cluster.shot_work import plan_manifest_shot, segment_finished
 from manifests import Shot
+from render.media.atomic import check_writable, describe_os_error
 from render.shot.condition import shot_prompts
 from render.shot.plan import ShotPlan
 
@@ -94,7 +96,7 @@ class RunEngine:
         self.inflight: dict[Any, tuple[str, Any]] = {}  # ref -> ("render", slot) | ("stitch", id) | ("prep", ids)
         self.stitching: set[str] = set()
         self.prep_actor: Any = None
-        self.prep_pending: list[list[str]] = []
+        self.prep_restarts = 0  # times a dead preparation actor was replaced (bounded by prep_max_restarts)
         self.metrics = RunMetrics(run_id)
         self.executor = ThreadPoolExecutor(max_workers=max(1, engine.groups), thread_name_prefix="s2v-form")
         self._results_at = 0.0
@@ -122,6 +124,10 @@ class RunEngine:
             if self._terminal(sid):
                 continue
             shot = self.shots[sid]
+            reason = _unwritable_output(shot)
+            if reason is not None:  # fails this shot alone, before anything of it is rendered
+                self._fail(sid, reason, "output", "OSError")
+                continue
             plan = self.run.read_plan(sid)
             if plan is None:
                 try:
@@ -164,10 +170,15 @@ class RunEngine:
         need = [sid for sid in self.queue.shot_order() if sid not in self.prepared]
         if not need:
             return
-        self.prep_actor = PrepActor.options(num_cpus=1, name=f"s2v-{self.run_id}-prep").remote(
+        self._submit_prep([need[i:i + self.opts.prep_chunk] for i in range(0, len(need), self.opts.prep_chunk)])
+
+    def _submit_prep(self, chunks: list[list[str]]) -> None:
+        """Start a preparation actor and hand it ``chunks`` (its outputs are files in the run
+        directory, so a replacement actor skips whatever a dead one already wrote)."""
+        name = f"s2v-{self.run_id}-prep" + (f"-r{self.prep_restarts}" if self.prep_restarts else "")
+        self.prep_actor = PrepActor.options(num_cpus=1, name=name).remote(
             str(self.run.path), self.settings.to_dict(), self.opts.prep_threads)
-        for i in range(0, len(need), self.opts.prep_chunk):
-            chunk = need[i:i + self.opts.prep_chunk]
+        for chunk in chunks:
             ref = self.prep_actor.prepare.remote([self.shots[s] for s in chunk],
                                                  [self.plans[s].to_dict() for s in chunk])
             self.inflight[ref] = ("prep", chunk)
@@ -377,6 +388,7 @@ class RunEngine:
                               message, time.time())
             verdict = judge_failure(st, failure, self.opts.shot_max_failures)
             if verdict.retry:
+                st.attempts += 1  # the stitch retry is an attempt: `attempts` never trails "N failed attempts"
                 self.run.write_status(sid, st)
                 self._start_stitch(sid)
             else:
@@ -390,6 +402,9 @@ class RunEngine:
     def _prep_returned(self, chunk: list[str], ref: Any) -> None:
         try:
             outcome = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            self._prep_actor_died(chunk, exc)
+            return
         except Exception as exc:
             outcome = {sid: _describe(exc) for sid in chunk}
         for sid, error in outcome.items():
@@ -401,6 +416,39 @@ class RunEngine:
             with contextlib.suppress(Exception):
                 ray.kill(self.prep_actor)  # frees the text encoder's and wav2vec's memory
             self.prep_actor = None
+
+    def _prep_actor_died(self, chunk: list[str], exc: BaseException) -> None:
+        """The preparation actor died (kill -9, OOM, node loss): every chunk it still held is
+        lost with it. Restart it and re-submit them, within ``prep_max_restarts``; past that,
+        fail their shots as an infrastructure failure."""
+        lost = [chunk]
+        for r, (kind, what) in list(self.inflight.items()):
+            if kind == "prep":
+                del self.inflight[r]
+                lost.append(what)
+        with contextlib.suppress(Exception):
+            ray.kill(self.prep_actor)
+        self.prep_actor = None
+        lost = [[sid for sid in c if not self._terminal(sid)] for c in lost]
+        lost = [c for c in lost if c]
+        if not lost:
+            return
+        message = _describe(exc)
+        if self.prep_restarts < self.opts.prep_max_restarts:
+            self.prep_restarts += 1
+            log.warning("preparation actor died (%s); restarting it (%d/%d) for %d unfinished shot(s)", message,
+                        self.prep_restarts, self.opts.prep_max_restarts, sum(len(c) for c in lost))
+            self._submit_prep(lost)
+            return
+        reason = (f"preparation failed: the preparation actor died {self.prep_restarts + 1} times "
+                  f"(restart budget {self.opts.prep_max_restarts} spent): {message}")
+        for c in lost:
+            for sid in c:
+                st = self.status.setdefault(sid, ShotStatus())
+                st.attempts += 1  # its preparation was attempted: counted like a render attempt
+                st.failures.append(Failure(st.attempts, INFRA, failure_signature(INFRA, "PrepActorDied", message),
+                                           message, time.time()))
+                self._fail(sid, reason, "preparation", "PrepActorDied")
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
@@ -443,6 +491,20 @@ class RunEngine:
             with contextlib.suppress(Exception):
                 ray.kill(self.prep_actor)
             self.prep_actor = None
+
+
+def _unwritable_output(shot: Shot) -> str | None:
+    """One line saying why the shot's output directory cannot be written (full, read-only,
+    forbidden), or None when a probe file could be created and removed there."""
+    out_dir = Path(shot.output).parent
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(out_dir)
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(out_dir)
+        return f"output directory not writable: {describe_os_error(exc)}"
+    return None
 
 
 def _cause(exc: BaseException) -> BaseException:

@@ -9,6 +9,7 @@ EXIT_UNREADABLE = 3  # the manifest file cannot be read at all
 EXIT_LEASE_HELD = 4  # another run holds the run directory's lease; nothing was rendered
 EXIT_FINGERPRINT_CHANGED = 5  # only with RunRequest.refuse_changed (s2v demo): a published shot changed
 EXIT_FAILED_SHOTS = 6  # the run finished but some shots failed or manifest rows were invalid (results.parquet)
+EXIT_ENVIRONMENT = 7  # the run directory's location is full, read-only or forbidden (one line names the path)
 EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM; committed work is kept, a rerun resumes
 
 DESCRIPTIONS: dict[int, str] = {
@@ -19,5 +20,6 @@ DESCRIPTIONS: dict[int, str] = {
     EXIT_LEASE_HELD: "another run holds the lease",
     EXIT_FINGERPRINT_CHANGED: "a published shot changed and changes were refused (use --restart)",
     EXIT_FAILED_SHOTS: "finished with failed shots",
+    EXIT_ENVIRONMENT: "output location full, read-only or forbidden",
     EXIT_INTERRUPTED: "interrupted; rerun to resume",
 }

@@ -92,6 +92,7 @@ class EngineOptions:
     node_max_failures: int = 3  # failures (starts or rank deaths) before a node is excluded
     shot_max_failures: int = 3  # failed attempts of one shot of any kind (besides "same error twice")
     prep_chunk: int = 8  # shots per audio/prompt preparation call
+    prep_max_restarts: int = 3  # restarts of a dead preparation actor before its unfinished shots fail
     cpu_threads_per_rank: int = 1  # torch threads of a rank on CPU
     prep_threads: int = 4  # torch threads of the preparation actor (umT5 and wav2vec run on CPU)
     results_interval_s: float = 30.0  # results.parquet is rewritten at most this often during a run
@@ -110,6 +111,8 @@ class EngineOptions:
             problems.append(f"--handoff-timeout {self.handoff_timeout_s}: expected > 0 seconds")
         if self.group_start_retries < 1 or self.shot_max_failures < 1 or self.node_max_failures < 1:
             problems.append("retry budgets must be >= 1")
+        if self.prep_max_restarts < 0:
+            problems.append(f"prep_max_restarts {self.prep_max_restarts}: expected >= 0")
         if problems:
             raise ValueError("; ".join(problems))
         if self.parallel != "auto":

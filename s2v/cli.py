@@ -1,8 +1,10 @@
 """The ``s2v`` command: render-shot, demo, validate (and run, status, submit, assemble, qa).
 
 Exit codes: 0 success; 2 invalid input (file, value or checkpoint problem, message says which) or
-a usage error (every subcommand; argparse prints ``usage:``); 3 unreadable manifest; 1 unexpected
-internal error. ``s2v run`` / ``s2v submit`` add theirs (docs/cluster.md).
+a usage error (every subcommand; argparse prints ``usage:``); 3 unreadable manifest; 7 environment
+error: the output location is full, read-only or forbidden (ENOSPC, EROFS, EACCES/EPERM; one line
+names the path and the errno; render-shot checks its output directory before loading any model);
+1 unexpected internal error. ``s2v run`` / ``s2v submit`` add theirs (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
+EXIT_ENVIRONMENT = 7  # output location full, read-only or forbidden (cluster.exit_codes.EXIT_ENVIRONMENT)
 
 
 def _add_render_options(p: argparse.ArgumentParser) -> None:
@@ -87,11 +90,18 @@ def cmd_render_shot(a: argparse.Namespace) -> int:
     for label, path in (("--audio", a.audio), ("--image", a.image)):
         if not Path(path).is_file():
             raise ValueError(f"{label} {path}: file not found")
+    from s2v.cli_segments import check_segment_sizes
+
+    if getattr(a, "segment_mode", "sequential") != "sequential":
+        check_segment_sizes(a.segment_seconds, a.overlap_seconds)
     device = _device(a.device)
     if a.fp8 and not device.startswith("cuda"):
         raise ValueError("--fp8 needs a CUDA device (sm89 or newer)")
     if a.fp8_attention and not device.startswith("cuda"):
         raise ValueError("--fp8-attention needs a CUDA device (sm90 or newer)")
+    from render.media.atomic import check_writable
+
+    check_writable(Path(a.out).parent)  # a full or read-only output location fails now, not after rendering
     import torch
 
     vae_dtype = torch.bfloat16 if a.vae_dtype == "bf16" else torch.float32
@@ -220,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_libraries()
+    from render.media.atomic import describe_os_error, environment_error
     from render.media.audio import AudioDecodeError
     from render.media.image import ImageLoadError
     from render.media.pose import PoseVideoError
@@ -233,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"s2v {a.cmd}: interrupted; no partial output was left", file=sys.stderr)
         return 130
+    except Exception as e:
+        env = environment_error(e)
+        if env is None:
+            raise
+        print(f"s2v {a.cmd}: error: {describe_os_error(env)}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
 
 
 if __name__ == "__main__":

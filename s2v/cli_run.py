@@ -13,7 +13,9 @@ from typing import Any
 def _run(a: argparse.Namespace) -> int:
     from cluster.driver import RunRequest, run
     from cluster.settings import EngineOptions, RunSettings
+    from s2v.cli_segments import check_segment_sizes
 
+    check_segment_sizes(a.segment_seconds, a.overlap_seconds)  # a shot's mode may be auto/parallel
     ckpt = Path(a.ckpt)
     if not ckpt.is_dir():
         raise FileNotFoundError(f"--ckpt {a.ckpt}: checkpoint folder not found")

@@ -47,6 +47,14 @@ def add_segment_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--qa-report", default=None, help="write seam and colour-drift metrics (JSON) here")
 
 
+def check_segment_sizes(segment_seconds: float, overlap_seconds: float) -> None:
+    """A usage error (ValueError, exit 2) when the overlap leaves nothing of a segment: parallel
+    planning would otherwise silently render the whole shot as one segment."""
+    if overlap_seconds >= segment_seconds:
+        raise ValueError(f"--overlap-seconds {overlap_seconds:g} must be smaller than --segment-seconds "
+                         f"{segment_seconds:g} (parallel segments overlap by part of their length)")
+
+
 def segment_options(a: argparse.Namespace):
     """SegmentOptions from render-shot's arguments (None when the options are not registered)."""
     if not hasattr(a, "segment_mode"):

@@ -71,8 +71,57 @@ def fsync_dir(directory: str | Path) -> None:
 
 
 def remove_quietly(path: str | Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    """Remove a temporary file on the way out of a failure. Any error of the removal itself
+    (already gone, EROFS, EACCES, EIO...) is suppressed so that it never masks the original one."""
+    with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+# Errors of the environment (not of the input or the code): reported in one line, not a traceback.
+ENVIRONMENT_ERRNOS = frozenset(e for e in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM,
+                                           getattr(errno, "EDQUOT", None)) if e is not None)
+
+
+def check_writable(directory: str | Path) -> None:
+    """Create and remove a probe file in ``directory``: raises the ``OSError`` (ENOSPC, EROFS,
+    EACCES...) a later write there would hit, with ``filename`` set, before any work is done."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"output directory {str(directory)!r} does not exist")
+    probe = temp_path_for(directory / "write-probe")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"probe")
+        finally:
+            os.close(fd)
+    except OSError as e:
+        remove_quietly(probe)
+        if e.filename is None:
+            e.filename = str(directory)
+        raise
+    os.unlink(probe)
+
+
+def environment_error(exc: BaseException) -> OSError | None:
+    """The OSError of the environment (full disk, read-only or forbidden location) that caused
+    ``exc`` (itself or along its ``__cause__``/``__context__`` chain), else None."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in ENVIRONMENT_ERRNOS:
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line: the path and the errno's meaning, e.g. "/out: Read-only file system (EROFS)"."""
+    code = errno.errorcode.get(e.errno or 0, str(e.errno))
+    meaning = os.strerror(e.errno) if e.errno else (e.strerror or str(e))
+    path = e.filename if e.filename is not None else "(unknown path)"
+    return f"{path}: {meaning} ({code})"
 
 
 def commit(tmp_path: str | Path, final_path: str | Path, check: Callable[[Path], None] | None = None,
@@ -185,7 +234,10 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_writable",
     "commit",
+    "describe_os_error",
+    "environment_error",
     "fsync_dir",
     "fsync_file",
     "read_json",

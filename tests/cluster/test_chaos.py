@@ -150,3 +150,39 @@ def test_driver_killed_mid_run_restarts_without_rerendering_and_second_start_exi
     assert f"{len(done_before)} shots already published: skipped" in driver_log
     print(f"\ndriver kill: {len(done_before)} shots published before the kill were skipped; in-flight "
           f"segments (clip files on disk, resumed from clip): {resumed}")
+
+
+def _prep_worker_pids() -> list[int]:
+    """Pids of live processes whose Ray process title names the preparation actor."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cmd.startswith("ray::PrepWorker"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_kill_9_of_the_prep_actor_restarts_it_and_every_shot_publishes(local_ray, tmp_path, tiny_ckpt):
+    rows = shot_rows(tmp_path, [1.0, 1.0, 1.0, 1.0], tmp_path / "out")
+    manifest = write_rows(rows, tmp_path / "m.parquet")
+    req = request(manifest, tmp_path / "run", tiny_ckpt, engine={"groups": 1, "prep_chunk": 1})
+    outcome: dict[str, int] = {}
+    driver = threading.Thread(target=lambda: outcome.setdefault("code", run(req)), daemon=True)
+    driver.start()
+    # Kill the actor as soon as it exists: all its chunks are queued or in flight.
+    pids = wait_for(_prep_worker_pids, 240, "the preparation actor", interval=0.05)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    driver.join(timeout=400)
+    assert not driver.is_alive() and outcome["code"] == ec.EXIT_OK
+    run_dir = req.run_dir
+    for r in rows:
+        status = json.loads((run_dir / "shots" / r["shot_id"] / "status.json").read_text())
+        assert status["state"] == "done", status
+        assert Path(r["output"]).is_file()
+    assert "preparation actor died" in (run_dir / "logs" / "driver.log").read_text()

@@ -409,3 +409,26 @@ def test_the_engine_hands_its_lease_token_to_every_rank_which_checks_it(tmp_path
         with pytest.raises(LeaseLost):
             orphan._fence()
         RankWorker(str(run.path), settings.to_dict(), "r0", "g0", 0, 1, "cpu", 1)._fence()  # no token: no fencing
+
+
+def test_stitch_retries_count_as_attempts_so_status_agrees_with_the_failure_message(tmp_path, monkeypatch):
+    import cluster.engine as engine_mod
+    from cluster.engine import RunEngine
+    from cluster.settings import EngineOptions
+
+    def failing_get(ref):  # a different error each time (the same one twice ends it at once)
+        raise {"a": RuntimeError, "b": OSError, "c": ValueError}[ref]("encoder broke")
+
+    monkeypatch.setattr(engine_mod.ray, "get", failing_get)
+    eng = RunEngine.__new__(RunEngine)
+    eng.run, eng.opts, eng.stitching = RunDir(tmp_path / "run"), EngineOptions(shot_max_failures=3), set()
+    eng.status = {"s": ShotStatus(state="running", attempts=1)}
+    eng.queue = engine_mod.SegmentQueue()
+    restarts = []
+    eng._start_stitch = restarts.append
+    for ref in "abc":
+        eng._stitch_returned("s", ref)
+    st = eng.status["s"]
+    assert st.state == "failed" and "3 failed attempts" in st.error and len(restarts) == 2
+    assert st.attempts == 3 == len(st.failures)
+    assert [f.attempt for f in st.failures] == [1, 2, 3]

@@ -222,3 +222,20 @@ def test_verify_video_undecodable(tmp_path: Path) -> None:
         verify_video(cut, expected_frames=32)
     with pytest.raises(OutputVerifyError, match="does not exist"):
         verify_video(tmp_path / "missing.mp4")
+
+
+def test_a_failing_cleanup_does_not_mask_the_original_error(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from render.media.publish import atomic_output
+
+    def unlink(path, *a, **k):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    with pytest.raises(OSError) as info:
+        with atomic_output(tmp_path / "o.mp4") as tmp:
+            tmp.write_bytes(b"x")
+            monkeypatch.setattr(os, "unlink", unlink)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+    assert info.value.errno == errno.ENOSPC

@@ -237,3 +237,68 @@ def test_submit_wait_streams_logs_and_exits_with_the_jobs_code(as_json, tmp_path
         data = json.loads(out)
         assert (data["job_id"], data["status"], data["exit_code"]) == ("raysubmit_1", "FAILED", 6)
         assert shlex.split(data["entrypoint"])[-4:] == ["--address", "auto", "--ckpt", "C"]
+
+
+def _read_only_probe(monkeypatch, directory: Path) -> None:
+    """Root ignores permission bits: a write in ``directory`` fails the way a read-only mount does."""
+    import errno
+    import os
+
+    real_open = os.open
+
+    def fake_open(path, flags, *args, **kw):
+        if Path(path).parent == directory and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real_open(path, flags, *args, **kw)
+
+    monkeypatch.setattr(os, "open", fake_open)
+
+
+def test_render_shot_to_a_read_only_output_directory_is_one_line_before_anything_loads(tmp_path, capsys,
+                                                                                        monkeypatch):
+    import render.model.components as components
+
+    out_dir = tmp_path / "ro"
+    out_dir.mkdir()
+    for name in ("a.wav", "f.png"):
+        (tmp_path / name).write_bytes(b"x")
+    _read_only_probe(monkeypatch, out_dir)
+    monkeypatch.setattr(components, "S2VModels", lambda *a, **k: pytest.fail("no model may be loaded"))
+    code = main(["render-shot", "--ckpt", str(tmp_path), "--audio", str(tmp_path / "a.wav"), "--image",
+                 str(tmp_path / "f.png"), "--prompt", "p", "--out", str(out_dir / "o.mp4"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 7, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert str(out_dir) in err and "Read-only file system (EROFS)" in err
+
+
+def test_run_fails_a_shot_with_an_unwritable_output_directory_alone(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from cluster.engine import _unwritable_output
+
+    ro, ok = tmp_path / "ro", tmp_path / "ok"
+    ro.mkdir()
+    _read_only_probe(monkeypatch, ro)
+    reason = _unwritable_output(SimpleNamespace(output=str(ro / "s.mp4")))
+    assert reason is not None and "\n" not in reason
+    assert str(ro) in reason and "EROFS" in reason
+    assert _unwritable_output(SimpleNamespace(output=str(ok / "s.mp4"))) is None
+    assert ok.is_dir() and list(ok.iterdir()) == []  # the probe file was removed
+
+
+@pytest.mark.parametrize("cmd", ["render-shot", "run"])
+def test_overlap_not_shorter_than_the_segment_is_a_usage_error(cmd, tmp_path, capsys):
+    for name in ("a.wav", "f.png", "m.parquet"):
+        (tmp_path / name).write_bytes(b"x")
+    if cmd == "render-shot":
+        argv = ["render-shot", "--ckpt", str(tmp_path), "--audio", str(tmp_path / "a.wav"), "--image",
+                str(tmp_path / "f.png"), "--prompt", "p", "--out", str(tmp_path / "o.mp4"), "--device", "cpu",
+                "--segment-mode", "parallel"]
+    else:
+        argv = ["run", str(tmp_path / "m.parquet"), "--run-dir", str(tmp_path / "run"), "--ckpt", str(tmp_path)]
+    code = main([*argv, "--segment-seconds", "4", "--overlap-seconds", "4"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--overlap-seconds 4 must be smaller than --segment-seconds 4" in err
+    assert not (tmp_path / "run").exists()
