@@ -17,6 +17,9 @@
 #            bash benchmarks/gpu_carry.sh stage .gpuc && bash benchmarks/gpu_carry.sh install /tmp/site \
 #              && export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH \
 #              && bash benchmarks/gpu_carry.sh check     # call 3 (carry .gpuc): ray.init + a task
+#   14B random-weight checkpoint (46 GB, tinymodel/test_checkpoint.py) and the product's loaders:
+#            python3 -m tinymodel.test_checkpoint /tmp/s2v14b --device cuda \
+#              && bash benchmarks/gpu_carry.sh load-check /tmp/s2v14b
 #   render only (no ray/av: loading models, tinymodel.test_checkpoint), one call, carry .gpur:
 #            bash benchmarks/gpu_carry.sh install-render /tmp/site && export PYTHONPATH=/tmp/site:$PWD
 set -euo pipefail
@@ -85,6 +88,41 @@ print("ray.init + 4 tasks ok in %.1f s, dashboard %s" % (time.perf_counter() - t
 ray.shutdown()
 PY
   ;;
+load-check)
+  # The product's loaders on a (random-weight) 14B folder: python -m tinymodel.test_checkpoint DIR
+  python3 - "$2" <<'PY'
+import sys, time, traceback
+import numpy as np
+import torch
+from render.model.components import S2VModels
+GiB, peaks = 2**30, []
+def step(name, fn):
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); t0 = time.perf_counter()
+    try:
+        out = fn(); torch.cuda.synchronize()
+    except Exception:
+        print(f"{name}: FAILED after {time.perf_counter() - t0:.1f} s", flush=True); traceback.print_exc(); return None
+    peaks.append(torch.cuda.max_memory_allocated())
+    print(f"{name}: {time.perf_counter() - t0:.1f} s, max_memory_allocated {peaks[-1] / GiB:.2f} GiB, "
+          f"allocated after {torch.cuda.memory_allocated() / GiB:.2f} GiB", flush=True)
+    return out
+m = step("S2VModels(dir, device='cuda')", lambda: S2VModels(sys.argv[1], device="cuda"))
+dit = step("dit: load + optimize_dit", lambda: m.dit)
+if dit is not None:
+    p = next(dit.parameters())
+    print(f"  DiT {sum(t.numel() for t in dit.parameters()) / 1e9:.3f} B params, {p.dtype}, {p.device}")
+vae = step("vae: load", lambda: m.vae)
+emb = step("embed_prompts(['a test']): umT5 load on GPU + encode + release", lambda: m.embed_prompts(["a test"]))
+if emb is not None:
+    print(f"  embedding {tuple(emb[0].shape)} {emb[0].dtype}, finite {bool(torch.isfinite(emb[0]).all())}")
+step("wav2vec2: load (CPU, float32)", lambda: m.wav2vec)
+f = step("audio_frames: 2 s of audio -> 32 frames (CPU)",
+         lambda: m.audio_frames(np.random.default_rng(0).standard_normal(32000).astype(np.float32), 32, 16))
+if f is not None:
+    print(f"  features {tuple(f.shape)}, finite {bool(torch.isfinite(f).all())}")
+print(f"max_memory_allocated over the steps: {max(peaks, default=0) / GiB:.2f} GiB", flush=True)
+PY
+  ;;
 *)
-  echo "usage: $0 prepare | stage DIR | install SITE | install-render SITE | check" >&2; exit 2 ;;
+  echo "usage: $0 prepare | stage DIR | install SITE | install-render SITE | check | load-check CKPT" >&2; exit 2 ;;
 esac
