@@ -5,7 +5,8 @@
     media/       audio decode, MP4 writing and muxing, images, pose videos, atomic publishing
     shot/        a shot's stages: plan -> condition -> render segment(s) -> stitch/publish
     quality/     seam, colour-drift and lip-sync measurements
-    assembly.py  shots -> one film with EDL/CSV sidecars
+    assembly.py  shots -> one film; film_slate.py: cards for shots not rendered;
+                 film_sidecars.py: its EDL/CSV/OpenTimelineIO hand-off files
 
 The model entry points load lazily, so that importing ``render.settings`` (the manifest
 validator does) does not import the model code.

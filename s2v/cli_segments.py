@@ -1,7 +1,8 @@
 """``s2v`` pieces for long shots: segment options of render-shot, ``s2v assemble``, ``s2v qa``.
 
-``register(subparsers)`` adds the subcommands and, if ``render-shot`` is already registered, its
-segment options; ``segment_options(args)`` turns those into ``SegmentOptions`` for render_shot.
+``register(subparsers)`` adds the subcommands (assemble's from s2v.cli_assemble) and, if
+``render-shot`` is already registered, its segment options; ``segment_options(args)`` turns those
+into ``SegmentOptions`` for render_shot.
 """
 
 from __future__ import annotations
@@ -68,24 +69,6 @@ def segment_options(a: argparse.Namespace):
         colour_match=a.colour_match, qa_report=Path(a.qa_report) if a.qa_report else None)
 
 
-def cmd_assemble(a: argparse.Namespace) -> int:
-    from manifests.validate import read_manifest
-    from render.assembly import assemble_film, film_shots
-
-    shots = read_manifest(a.manifest, a.allowed_root or None, check_media=False)
-    chosen = film_shots(shots, a.sequence)
-    r = assemble_film(chosen, a.out, size=a.size, crf=a.crf,
-                      codec={"h264": "libx264", "h265": "libx265"}[a.codec], audio_source=a.audio_source)
-    if a.json:
-        print(json.dumps({"output": str(r.output), "width": r.width, "height": r.height, "shots": len(r.entries),
-                          "frames": r.frames, "duration_s": r.duration_s, "edl": str(r.edl), "csv": str(r.csv),
-                          "wall_s": r.wall_s}, indent=1))
-        return EXIT_OK
-    print(f"wrote {r.output} ({r.width}x{r.height}, {len(r.entries)} shots, {r.frames} frames, "
-          f"{r.duration_s:.2f} s) + {r.edl.name}, {r.csv.name} in {r.wall_s:.1f} s")
-    return EXIT_OK
-
-
 def cmd_qa(a: argparse.Namespace) -> int:
     from render.quality.qa import qa_video
 
@@ -115,25 +98,13 @@ def cmd_qa(a: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from render.settings import DEFAULT_SETTINGS
-
     rs = subparsers.choices.get("render-shot")
     if rs is not None:
         add_segment_options(rs)
 
-    p = subparsers.add_parser("assemble", help="join the rendered shots of a manifest into one film")
-    p.add_argument("manifest", help="shot manifest (Parquet); shots ordered by its sequence/order columns")
-    p.add_argument("--out", required=True, help="film MP4; an .edl and a .csv of shots and timecodes go beside it")
-    p.add_argument("--sequence", default=None, help="which sequence (needed when the manifest has several)")
-    p.add_argument("--size", default=None, help="film frame W*H (default: the largest shot; others letterboxed)")
-    p.add_argument("--crf", type=int, default=DEFAULT_SETTINGS.crf,
-                   help=f"H.264 quality, 0 (lossless) .. 51 (default {DEFAULT_SETTINGS.crf})")
-    p.add_argument("--codec", default="h264", choices=["h264", "h265"])
-    p.add_argument("--audio-source", default="original", choices=["original", "output"],
-                   help="each shot's sound from its original audio file (default) or its rendered MP4")
-    p.add_argument("--allowed-root", action="append", default=[], help="manifest paths must stay inside")
-    p.add_argument("--json", action="store_true", help="print the result (output, sidecars, frames...) as JSON")
-    p.set_defaults(fn=cmd_assemble)
+    from s2v.cli_assemble import register_assemble
+
+    register_assemble(subparsers)
 
     p = subparsers.add_parser("qa", help="seam and colour-drift metrics of a stitched shot (and lip-sync of "
                               "the tiny model's characters)")

@@ -92,7 +92,7 @@ def test_assemble_orders_shots_places_audio_and_writes_sidecars(manifest, tmp_pa
     assert [r["shot_id"] for r in rows] == order
     assert [int(r["start_frame"]) for r in rows] == list(starts[:3])
     assert [int(r["audio_start_sample"]) for r in rows] == [s * 3000 for s in starts[:3]]
-    assert sorted(p.name for p in film.parent.iterdir()) == ["film.csv", "film.edl", "film.mp4"]
+    assert sorted(p.name for p in film.parent.iterdir()) == ["film.csv", "film.edl", "film.mp4", "film.otio"]
 
 
 def test_assemble_errors(manifest, tmp_path, capsys):
