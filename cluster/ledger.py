@@ -14,6 +14,9 @@ Layout (every file written by temp + fsync + rename; a reader never sees a parti
     shots/<shot_id>/plan.json        the shot's plan (render.shot.plan.ShotPlan: geometry, segments)
     shots/<shot_id>/features-<i>.pt  wav2vec features of segment i's audio window
     shots/<shot_id>/status.json      state, attempts, failures (written by the driver)
+    shots/<shot_id>/progress-<i>.json  clips of segment i committed so far, seconds per step and
+                                     per clip (written by the group's writer rank after each clip;
+                                     cluster.progress)
     shots/<shot_id>/published.json   written right after the final MP4 was published
     segments/<shot_id>/<index>.json  commit record of a finished segment (after its media fsync)
     work/<shot_id>/segment_NNNN/     a segment's intermediate (render.shot.segment: per-clip

@@ -15,6 +15,9 @@ s2v_groups_ready               gauge    render groups formed and healthy
 s2v_group_restarts{group}      counter  group teardowns + re-formations after a failure
 s2v_seconds_per_step{group}    gauge    seconds per sampling step of the group's last clip
 s2v_frames_per_second{group}   gauge    video frames per wall second of the group's last clip
+s2v_clips_done{group}          counter  clips committed (by each group's writer rank)
+s2v_shot_wall_seconds          histo.   wall seconds of each published shot, from its first
+                                        dispatch to its publication (buckets SHOT_SECONDS_BUCKETS)
 =============================  =======  ==========================================================
 """
 
@@ -26,13 +29,17 @@ from collections.abc import Mapping
 log = logging.getLogger(__name__)
 
 SHOT_STATES = ("pending", "running", "done", "failed")
+# A shot of the 14B model takes minutes (a few clips on a big group) to hours (minutes of audio
+# on one GPU); the low buckets keep small test and draft shots apart.
+SHOT_SECONDS_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0,
+                        28800.0, 86400.0)
 
 
 class RunMetrics:
     """Driver-side metrics. Created after Ray is connected."""
 
     def __init__(self, run_id: str):
-        from ray.util.metrics import Counter, Gauge
+        from ray.util.metrics import Counter, Gauge, Histogram
 
         self.tags = {"run": run_id}
         self.shots = Gauge("s2v_shots", description="Shots of the run by state", tag_keys=("run", "state"))
@@ -45,6 +52,9 @@ class RunMetrics:
                                   tag_keys=("run",))
         self.group_restarts = Counter("s2v_group_restarts", description="Render group re-formations after a failure",
                                       tag_keys=("run", "group"))
+        self.shot_wall_seconds = Histogram("s2v_shot_wall_seconds",
+                                           description="Wall seconds of a shot, first dispatch to publication",
+                                           boundaries=list(SHOT_SECONDS_BUCKETS), tag_keys=("run",))
         self._last: dict[str, float] = {}
 
     def set_shots(self, counts: Mapping[str, int]) -> None:
@@ -64,14 +74,18 @@ class RunMetrics:
     def group_restarted(self, group: str) -> None:
         self.group_restarts.inc(1, tags={**self.tags, "group": group})
 
+    def shot_published(self, wall_seconds: float) -> None:
+        self.shot_wall_seconds.observe(max(0.0, wall_seconds), tags=self.tags)
+
 
 class RankMetrics:
     """Metrics set inside a rank actor (rank 0 of each group reports)."""
 
     def __init__(self, run_id: str, group: str):
-        from ray.util.metrics import Gauge
+        from ray.util.metrics import Counter, Gauge
 
         self.tags = {"run": run_id, "group": group}
+        self.clips_done = Counter("s2v_clips_done", description="Clips committed", tag_keys=("run", "group"))
         self.seconds_per_step = Gauge("s2v_seconds_per_step", description="Seconds per sampling step (last clip)",
                                       tag_keys=("run", "group"))
         self.frames_per_second = Gauge("s2v_frames_per_second",
@@ -79,6 +93,7 @@ class RankMetrics:
                                        tag_keys=("run", "group"))
 
     def clip_done(self, steps: int, clip_seconds: float, step_seconds: float, frames: int) -> None:
+        self.clips_done.inc(1, tags=self.tags)
         if steps:
             self.seconds_per_step.set(step_seconds / steps, tags=self.tags)
         if clip_seconds > 0:
