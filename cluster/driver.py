@@ -63,6 +63,8 @@ class RunRequest:
     refuse_changed: bool = False
     # --strict: any invalid row refuses the whole run (exit 2), as before partial runs existed.
     strict: bool = False
+    # Live progress (cluster.run_progress): a bar on a terminal, else a line at most this often.
+    progress_interval_s: float = 30.0
 
 
 def _say(message: str) -> None:
@@ -366,6 +368,7 @@ def _run_engine(req: RunRequest, run_dir: RunDir, run_id: str, shots: list[Shot]
 
     from cluster.engine import RunEngine
     from cluster.group import detect_slot_resource
+    from cluster.run_progress import ProgressDisplay
 
     log.info("ray: %s", info)
     stop = threading.Event()
@@ -373,10 +376,11 @@ def _run_engine(req: RunRequest, run_dir: RunDir, run_id: str, shots: list[Shot]
     # The lease watchdog: a run that lost its lease (taken over as stale) must stop rendering.
     watchdog = threading.Thread(target=lambda: (lease.lost.wait(), stop.set()), daemon=True)
     watchdog.start()
+    display = ProgressDisplay(interval_s=req.progress_interval_s)
     try:
         slot = req.engine.slot_resource or detect_slot_resource(req.engine.group_size)
         engine = RunEngine(run_dir, run_id, shots, req.settings, req.engine, slot, retry_failed=req.retry_failed,
-                           stop=stop, lease_token=lease.token)
+                           stop=stop, lease_token=lease.token, progress=display)
         t0 = time.time()
         try:
             counts = engine.run_loop()
@@ -386,6 +390,8 @@ def _run_engine(req: RunRequest, run_dir: RunDir, run_id: str, shots: list[Shot]
                 return ec.EXIT_LEASE_HELD
             _say("interrupted; committed work is kept and a rerun resumes")
             return ec.EXIT_INTERRUPTED
+        finally:
+            display.close()  # the last progress line before the summary below
         wall = time.time() - t0
         log.info("run finished in %.1f s: %d done, %d failed, %d segments rendered by this driver", wall,
                  counts["done"], counts["failed"], engine.rendered_segments)
@@ -393,5 +399,6 @@ def _run_engine(req: RunRequest, run_dir: RunDir, run_id: str, shots: list[Shot]
              f"in {wall:.1f} s (results: {run_dir.results_file})")
         return ec.EXIT_FAILED_SHOTS if counts["failed"] or invalid else ec.EXIT_OK
     finally:
+        display.close()
         if started_here:
             ray.shutdown()

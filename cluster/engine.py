@@ -30,10 +30,13 @@ from cluster.group import GroupSpec, GroupStartError, RenderGroup, form_group, t
 from cluster.ledger import Failure, RunDir, ShotStatus
 from cluster.metrics import RunMetrics
 from cluster.prep import PrepWorker
+from cluster.report import refresh_report
 from cluster.results import stitch_and_record, write_run_results
+from cluster.run_progress import ClipTally, ProgressDisplay, shot_states
 from cluster.scheduler import (
     ERROR,
     INFRA,
+    NOT_RETRIED,
     NodeHealth,
     SegmentQueue,
     SegmentTask,
@@ -78,7 +81,7 @@ class GroupSlot:
 class RunEngine:
     def __init__(self, run: RunDir, run_id: str, shots: list[Shot], settings: RunSettings, engine: EngineOptions,
                  slot_resource: str, *, retry_failed: bool = False, stop: Event | None = None,
-                 lease_token: str | None = None):
+                 lease_token: str | None = None, progress: ProgressDisplay | None = None):
         self.run, self.run_id, self.settings, self.opts = run, run_id, settings, engine
         self.shots = {s.shot_id: s for s in shots}
         self.order = [s.shot_id for s in shots]
@@ -86,7 +89,7 @@ class RunEngine:
         self.stop = stop or Event()
         self.spec = GroupSpec(str(run.path), run_id, settings.to_dict(), engine.group_size, slot_resource,
                               engine.collective_timeout_s, engine.group_start_timeout_s, engine.cpu_threads_per_rank,
-                              engine.parallel, engine.handoff_timeout_s, lease_token)
+                              engine.parallel, engine.handoff_timeout_s, lease_token, engine.offload)
         self.plans: dict[str, ShotPlan] = {}
         self.status: dict[str, ShotStatus] = {}
         self.queue = SegmentQueue()
@@ -101,6 +104,9 @@ class RunEngine:
         self.executor = ThreadPoolExecutor(max_workers=max(1, engine.groups), thread_name_prefix="s2v-form")
         self._results_at = 0.0
         self.rendered_segments = 0  # segments this driver rendered (a rerun of a finished run: 0)
+        self.progress = progress  # the live display of `s2v run` (the caller closes it)
+        self.tally = ClipTally(run, self.plans)
+        self._progress_at = 0.0
 
     # --- setup ---------------------------------------------------------------------------------
 
@@ -331,9 +337,15 @@ class RunEngine:
                     errors.append(exc)
         for r in job.refs:
             self.inflight.pop(r, None)
-        teardown(group)
-        slot.group, slot.job = None, None
-        self.metrics.group_restarted(slot.name)
+        # Every rank returned the shot's own out-of-memory error (and freed its memory): the group
+        # is whole and in step, so it stays and renders the next shot.
+        kept = len(errors) == len(job.refs) and all(type(_cause(e)).__name__ in NOT_RETRIED for e in errors)
+        if kept:
+            slot.job = None
+        else:
+            teardown(group)
+            slot.group, slot.job = None, None
+            self.metrics.group_restarted(slot.name)
         died = [e for e in errors if isinstance(e, ray.exceptions.RayActorError)]
         if died:
             kind, exc_type, message = INFRA, "RankDied", f"a rank of group {group.label} died: {_describe(died[0])}"
@@ -344,7 +356,8 @@ class RunEngine:
             exc_type, message = type(_cause(chosen)).__name__, _describe(chosen)
         if kind == INFRA and self.health.record(group.node_id):
             log.error("node %s excluded after %d failures", group.node_id, self.health.max_failures)
-        log.warning("group %s failed on %s segment %d: %s", group.label, job.task.shot_id, job.task.index, message)
+        log.warning("group %s failed on %s segment %d%s: %s", group.label, job.task.shot_id, job.task.index,
+                    " (group kept)" if kept else "", message)
         self.status[job.task.shot_id].gpu_seconds += (time.time() - job.started) * len(job.refs)
         self._record_failure(slot, job, kind, exc_type, message, node=group.node_id, group_label=group.label)
 
@@ -359,7 +372,8 @@ class RunEngine:
             self.status[sid].failures.append(failure)
             self.run.write_status(sid, self.status[sid])
             return
-        verdict = judge_failure(self.status[sid], failure, self.opts.shot_max_failures)
+        verdict = judge_failure(self.status[sid], failure, self.opts.shot_max_failures,
+                                retryable=exc_type not in NOT_RETRIED)
         if verdict.retry:
             self.queue.push(job.task)  # resumes from the segment's last committed clip
             self.run.write_status(sid, self.status[sid])
@@ -396,6 +410,8 @@ class RunEngine:
             return
         st.state, st.finished_at, st.error = "done", record["published_at"], None
         self.run.write_status(sid, st)
+        if st.started_at is not None:
+            self.metrics.shot_published(st.finished_at - st.started_at)
         log.info("shot %s published: %s (%d frames, sha256 %s)", sid, record["output"], record["frames"],
                  record["sha256"][:12])
 
@@ -475,7 +491,20 @@ class RunEngine:
         now = time.time()
         if force or now - self._results_at >= self.opts.results_interval_s:
             write_run_results(self.run, [self.shots[s] for s in self.order])
+            refresh_report(self.run)  # RUN_DIR/index.html, from the results just written
             self._results_at = now
+        self._show_progress(force)
+
+    def _show_progress(self, force: bool = False) -> None:
+        """Clips done and the ETA to the display, at most once a second (it reads the run directory)."""
+        now = time.time()
+        if self.progress is None or (not force and now - self._progress_at < 1.0):
+            return
+        self._progress_at = now
+        ready = sum(1 for s in self.slots if s.group is not None)
+        segments_left = len(self.queue) + sum(1 for s in self.slots if s.job is not None)
+        self.progress.update(self.tally.snapshot(shot_states(self.order, self.status),
+                                                 max(1, min(ready, segments_left))))
 
     def _shutdown(self) -> None:
         for slot in self.slots:

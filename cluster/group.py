@@ -49,6 +49,7 @@ class GroupSpec:
     parallel: str = "auto"
     handoff_timeout_s: float = 600.0  # the writer's hand-off group (parallel.chain_sync)
     lease_token: str | None = None  # the driver's lease: ranks check it before every commit
+    offload: bool = False  # DiT blocks streamed from host memory (render/model/offload.py)
 
 
 @dataclass
@@ -136,7 +137,8 @@ def form_group(spec: GroupSpec, name: str, generation: int, excluded: set[str]) 
             ).remote(spec.run_dir, spec.settings, spec.run_id, name, rank, spec.size, device_kind,
                      spec.cpu_threads, spec.lease_token))
         store = f"{spec.run_id}-{label}-{secrets.token_hex(4)}"
-        infos = ray.get([a.setup.remote(store, spec.collective_timeout_s, spec.parallel, spec.handoff_timeout_s)
+        infos = ray.get([a.setup.remote(store, spec.collective_timeout_s, spec.parallel, spec.handoff_timeout_s,
+                                       spec.offload)
                          for a in actors], timeout=spec.start_timeout_s)
     except Exception as exc:
         _kill(actors, pg)

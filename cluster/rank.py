@@ -24,6 +24,8 @@ import socket
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,10 @@ log = logging.getLogger(__name__)
 class GroupCommError(RuntimeError):
     """A collective of the render group failed (a peer died, timed out or diverged)."""
 
+
+# Tests: comma-separated shot ids whose DiT forwards raise torch.OutOfMemoryError in this rank
+# (a CUDA out-of-memory error simulated on any device; read when a segment starts).
+SIMULATE_OOM_ENV = "S2V_SIMULATE_OOM_SHOTS"
 
 STORE_PREFIX = "s2v-group-"
 STALE_STORE_S = 24 * 3600
@@ -80,6 +86,7 @@ class RankWorker:
         self._cond_cache: tuple[tuple[str, int], Any] | None = None
         self.sync: Any = None  # parallel.GroupChainSync of a group of > 1 ranks
         self._metrics = None
+        self.offload = False
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     # --- formation -----------------------------------------------------------------------------
@@ -92,9 +99,10 @@ class RankWorker:
                 "rank": self.rank, "actor_id": ctx.get_actor_id()}
 
     def setup(self, store_name: str, timeout_s: float, parallel: str = "auto",
-              handoff_timeout_s: float = 600.0) -> dict[str, Any]:
+              handoff_timeout_s: float = 600.0, offload: bool = False) -> dict[str, Any]:
         """Join the group's process group, load the model, apply ``parallel/`` (when installed),
-        form the writer's hand-off group (``handoff_timeout_s``)."""
+        form the writer's hand-off group (``handoff_timeout_s``). ``offload``: the DiT's blocks
+        streamed from host memory (render/model/offload.py; groups of one rank)."""
         import torch.distributed as dist
 
         # Bootstrap and data connections of gloo and NCCL on loopback (the group is on one node).
@@ -116,7 +124,8 @@ class RankWorker:
         self.device = device
         from render.model.components import S2VModels
 
-        pipe = S2VModels(self.settings.ckpt, device=device)
+        self.offload = offload
+        pipe = S2VModels(self.settings.ckpt, device=device, offload=offload)
         pipe.dit  # noqa: B018  (load now: a start failure must surface while forming the group)
         if self.rank == 0:  # the writer alone runs the VAE; the other ranks never load it
             pipe.vae  # noqa: B018
@@ -206,20 +215,42 @@ class RankWorker:
             settings = self.settings.render_settings(shot)
             log.info("rank %d of %s: shot %s segment %d attempt %d (%s)", self.rank, self.group,
                      shot.shot_id, index, attempt, self.parallel_note)
-            timer = _ClipTimer(self._rank_metrics() if self.rank == 0 else None, settings.steps)
-            work_dir = self.run.work_dir(shot.shot_id)
-            try:
-                cond = self._conditioning(shot, plan, index, settings)
-                outcome = render_segment(self.pipe, cond, plan, index, settings, work_dir, sync=self.sync,
-                                         on_clip=lambda clip: timer.clip_done(settings.infer_frames),
-                                         on_step=timer.on_step, before_commit=self._fence)
-            except Exception as exc:
-                if self.sync is not None:
-                    from parallel import ChainSyncError
+            progress = None
+            if self.rank == 0:  # the writer records each committed clip for `s2v run` / `s2v status`
+                from cluster.progress import SegmentProgressWriter
 
-                    if isinstance(exc, ChainSyncError):  # a dead, hung or diverged peer: the group's failure
-                        raise GroupCommError(f"rank {self.rank} of group {self.group}: {exc}") from exc
-                raise
+                progress = SegmentProgressWriter(self.run.shot_dir(shot.shot_id), index,
+                                                 plan.segments[index].num_clips, attempt, self.group)
+            timer = _ClipTimer(self._rank_metrics() if self.rank == 0 else None, settings.steps, progress)
+            work_dir = self.run.work_dir(shot.shot_id)
+            oom_message = None
+            try:
+                with _simulated_oom(self.pipe.dit, shot.shot_id):
+                    cond = self._conditioning(shot, plan, index, settings)
+                    outcome = render_segment(self.pipe, cond, plan, index, settings, work_dir, sync=self.sync,
+                                             on_clip=lambda clip: timer.clip_done(settings.infer_frames, clip),
+                                             on_step=timer.on_step, before_commit=self._fence)
+            except Exception as exc:
+                from render.model.out_of_memory import is_out_of_memory, out_of_memory_message
+
+                if is_out_of_memory(exc):  # the shot's own failure: built here, raised once exc is gone
+                    log.error("rank %d: %s segment %d ran out of GPU memory:\n%s", self.rank, shot.shot_id, index,
+                              traceback.format_exc())
+                    oom_message = out_of_memory_message(exc, width=plan.width, height=plan.height,
+                                                        size=settings.size, device=self.device,
+                                                        offload=self.offload, group_size=self.world)
+                else:
+                    if self.sync is not None:
+                        from parallel import ChainSyncError
+
+                        if isinstance(exc, ChainSyncError):  # a dead, hung or diverged peer: the group's failure
+                            raise GroupCommError(f"rank {self.rank} of group {self.group}: {exc}") from exc
+                    raise
+            if oom_message is not None:
+                self._free_after_oom()
+                from render.model.out_of_memory import ShotOutOfMemory
+
+                raise ShotOutOfMemory(oom_message)
             if self.rank == 0:
                 self._fence()
                 atomic_write_json(self.run.segment_record(shot.shot_id, index), {
@@ -240,6 +271,16 @@ class RankWorker:
             if handler is not None:
                 logging.getLogger().removeHandler(handler)
                 handler.close()
+
+    def _free_after_oom(self) -> None:
+        """Drop what the failed shot left on the device, so the group can render the next one."""
+        from render.model.out_of_memory import free_device_memory
+
+        self._cond_cache = None
+        offload = getattr(self.pipe.dit, "offload", None)
+        if offload is not None:
+            offload.release_all()
+        free_device_memory(self.device)
 
     def _fence(self) -> None:
         """Before every commit: stop if this rank's run no longer holds the run directory's lease."""
@@ -264,21 +305,46 @@ class RankWorker:
         return self._metrics
 
 
-class _ClipTimer:
-    """Seconds per sampling step and frames per second of each clip, for the metrics."""
+@contextmanager
+def _simulated_oom(dit: Any, shot_id: str) -> Iterator[None]:
+    """The test hook of ``S2V_SIMULATE_OOM_SHOTS``: the DiT's forwards of the named shots raise
+    the CUDA allocator's error (with its figures), from inside the sampling loop."""
+    shots = {s.strip() for s in os.environ.get(SIMULATE_OOM_ENV, "").split(",") if s.strip()}
+    if shot_id not in shots:
+        yield
+        return
 
-    def __init__(self, metrics: Any, steps: int):
-        self.metrics, self.steps = metrics, steps
+    def denoise(*args: Any, **kwargs: Any) -> Any:
+        raise torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 23.55 GiB of which "
+            f"1.91 GiB is free. (simulated by {SIMULATE_OOM_ENV})")
+
+    dit.denoise = denoise  # an instance attribute: the class's method again once deleted
+    try:
+        yield
+    finally:
+        del dit.denoise
+
+
+class _ClipTimer:
+    """Seconds per sampling step and frames per second of each clip, for the metrics and the
+    run directory's progress records (``cluster.progress``)."""
+
+    def __init__(self, metrics: Any, steps: int, progress: Any = None):
+        self.metrics, self.steps, self.progress = metrics, steps, progress
         self.clip_start = time.time()
         self.last_step = self.clip_start
 
     def on_step(self, clip: int, step: int, steps: int) -> None:
         self.last_step = time.time()
 
-    def clip_done(self, frames: int) -> None:
+    def clip_done(self, frames: int, clip: int = 0) -> None:
         now = time.time()
         if self.metrics is not None:
             self.metrics.clip_done(self.steps, now - self.clip_start, self.last_step - self.clip_start, frames)
+        if self.progress is not None:
+            step_seconds = (self.last_step - self.clip_start) / self.steps if self.steps else None
+            self.progress.clip_done(clip, step_seconds)
         self.clip_start = self.last_step = now
 
 

@@ -8,6 +8,8 @@
 * Failures: an attempt that raised an error is compared with the shot's earlier failures — the
   same signature twice marks the shot failed; every shot also has a budget of failed attempts
   of any kind, so a shot that keeps killing its group (e.g. out of memory) cannot loop forever.
+* An error that every attempt would repeat (``NOT_RETRIED``: out of GPU memory at the shot's
+  size) fails the shot at once; when every rank reported it, the group stays for the next shot.
 * A node with ``node_max_failures`` failures (group starts or rank deaths) is excluded.
 """
 
@@ -22,6 +24,9 @@ from cluster.ledger import Failure, ShotStatus
 
 INFRA = "infrastructure"
 ERROR = "error"
+# Errors (exception type names) that every attempt would repeat: the shot fails at its first one.
+# Out of GPU memory at a shot's size (render/model/out_of_memory.py) names the options that fit.
+NOT_RETRIED = frozenset({"ShotOutOfMemory"})
 
 
 @dataclass(frozen=True, order=True)
@@ -88,10 +93,13 @@ class Verdict:
     reason: str  # why the shot failed (when not retried)
 
 
-def judge_failure(status: ShotStatus, failure: Failure, max_failures: int) -> Verdict:
-    """Record ``failure`` in ``status`` and decide whether the shot gets another attempt."""
+def judge_failure(status: ShotStatus, failure: Failure, max_failures: int, retryable: bool = True) -> Verdict:
+    """Record ``failure`` in ``status`` and decide whether the shot gets another attempt
+    (never when ``retryable`` is False: an error that every attempt would repeat)."""
     same = [f for f in status.failures if f.signature == failure.signature]
     status.failures.append(failure)
+    if not retryable:
+        return Verdict(False, failure.message)
     if same and failure.kind == ERROR:
         return Verdict(False, f"failed the same way twice (attempts {same[0].attempt} and {failure.attempt}): "
                               f"{failure.message}")

@@ -98,6 +98,7 @@ class EngineOptions:
     results_interval_s: float = 30.0  # results.parquet is rewritten at most this often during a run
     keep_work: bool = False  # keep segment intermediates after a shot is published
     parallel: str = "auto"  # parallel dims of a group: "auto" or e.g. "ulysses=2,cfg=2,shard_weights=1"
+    offload: bool = False  # DiT blocks streamed from host memory to each GPU (groups of one GPU)
 
     def validate(self) -> None:
         problems = []
@@ -111,12 +112,18 @@ class EngineOptions:
             problems.append(f"--handoff-timeout {self.handoff_timeout_s}: expected > 0 seconds")
         if self.group_start_retries < 1 or self.shot_max_failures < 1 or self.node_max_failures < 1:
             problems.append("retry budgets must be >= 1")
+        if self.offload and self.group_size != 1:
+            problems.append(f"--offload streams the DiT to one GPU; --group-size {self.group_size} shares it over "
+                            "several (use one or the other)")
         if self.prep_max_restarts < 0:
             problems.append(f"prep_max_restarts {self.prep_max_restarts}: expected >= 0")
         if problems:
             raise ValueError("; ".join(problems))
         if self.parallel != "auto":
-            parallel_kwargs(self.parallel, self.group_size)
+            kwargs = parallel_kwargs(self.parallel, self.group_size)
+            if self.offload and kwargs.get("shard_weights"):
+                raise ValueError(f"--offload with --parallel {self.parallel!r}: weight sharding would move the "
+                                 "streamed blocks back onto the GPU; use one or the other")
 
 
 _PARALLEL_KEYS = {"ulysses": int, "ring": int, "cfg": int, "shard_weights": bool, "attention_engine": str}

@@ -4,7 +4,9 @@ Exit codes: 0 success; 2 invalid input (file, value or checkpoint problem, messa
 a usage error (every subcommand; argparse prints ``usage:``); 3 unreadable manifest; 7 environment
 error: the output location is full, read-only or forbidden (ENOSPC, EROFS, EACCES/EPERM; one line
 names the path and the errno; render-shot checks its output directory before loading any model);
-1 unexpected internal error. ``s2v run`` / ``s2v submit`` add theirs (docs/cluster.md).
+8 render-shot ran out of GPU memory (one line: the size, the memory needed and free, the options
+that fit such as --offload or a smaller --size); 1 unexpected internal error. ``s2v run`` /
+``s2v submit`` add theirs (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from pathlib import Path
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 EXIT_ENVIRONMENT = 7  # output location full, read-only or forbidden (cluster.exit_codes.EXIT_ENVIRONMENT)
+EXIT_OUT_OF_MEMORY = 8  # render-shot ran out of GPU memory (the message names the size, memory, options)
+CKPT_HELP = ("checkpoint folder (official Wan2.2-S2V-14B layout), or a Hugging Face repo id such as "
+             "Wan-AI/Wan2.2-S2V-14B: downloaded into the Hugging Face cache (HF_HOME) unless HF_HUB_OFFLINE=1")
 
 
 def _add_render_options(p: argparse.ArgumentParser) -> None:
@@ -56,6 +61,10 @@ def _add_render_options(p: argparse.ArgumentParser) -> None:
                         "nvidia-cudnn-frontend). Not recommended on Hopper: with --fp8 on an H100 it was "
                         "only 2-7%% faster than --fp8 alone for 5x its error (flow rel. L2 21-27%% vs 4.3%%); "
                         "see benchmarks/results/single_gpu.md")
+    p.add_argument("--offload", action="store_true",
+                   help="for GPUs smaller than the model (bf16 DiT 30.4 GiB): keep the DiT's 40 blocks in pinned "
+                        "host memory (~27 GiB of pinned RAM) and stream each to the GPU one block ahead; same frames, "
+                        "slower when the copies do not hide behind the compute")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -105,11 +114,25 @@ def cmd_render_shot(a: argparse.Namespace) -> int:
     import torch
 
     vae_dtype = torch.bfloat16 if a.vae_dtype == "bf16" else torch.float32
-    pipe = S2VModels(a.ckpt, device=device, fp8=a.fp8, fp8_attention=a.fp8_attention, vae_dtype=vae_dtype)
+    from render.model.hub import resolve_checkpoint
+
+    pipe = S2VModels(resolve_checkpoint(a.ckpt), device=device, fp8=a.fp8, fp8_attention=a.fp8_attention,
+                     vae_dtype=vae_dtype, offload=a.offload)
+    from render.model.out_of_memory import ShotOutOfMemory, is_out_of_memory, out_of_memory_message
     from s2v.cli_segments import segment_options
 
-    r = render_shot(pipe, a.audio, a.image, a.prompt, a.out, settings, progress=not a.quiet,
-                    pose_video=a.pose_video, segments=segment_options(a))
+    oom_message = None
+    try:
+        r = render_shot(pipe, a.audio, a.image, a.prompt, a.out, settings, progress=not a.quiet,
+                        pose_video=a.pose_video, segments=segment_options(a))
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        # The size searched from the image is inside render_shot; the message names --size's area.
+        oom_message = out_of_memory_message(exc, width=None, height=None, size=settings.size, device=device,
+                                            offload=a.offload)
+    if oom_message is not None:
+        raise ShotOutOfMemory(oom_message)
     print(f"wrote {r.output} ({r.width}x{r.height}, {r.frames} frames, {r.duration_s:.2f} s, "
           f"{r.clips} clips, seed {r.seed}) in {r.wall_s:.1f} s")
     return EXIT_OK
@@ -153,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("render-shot", help="render one audio + image + prompt to an MP4")
-    p.add_argument("--ckpt", required=True, help="checkpoint folder (official Wan2.2-S2V-14B layout)")
+    p.add_argument("--ckpt", required=True, help=CKPT_HELP)
     p.add_argument("--audio", required=True)
     p.add_argument("--image", required=True)
     p.add_argument("--prompt", required=True)
@@ -194,9 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(hub: bool = False) -> None:
     # transformers prints per-tensor loading bars and hub hints; our own progress bars suffice.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Offline by default (local folders need no hub), unless --ckpt names a hub repo to download.
+    if not hub:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         from transformers.utils import logging as hf_logging
@@ -229,18 +254,24 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _quiet_libraries()
+    from render.model.hub import is_hub_repo_id
+
+    _quiet_libraries(hub=is_hub_repo_id(str(getattr(a, "ckpt", "") or "")))
     from render.media.atomic import describe_os_error, environment_error
     from render.media.audio import AudioDecodeError
     from render.media.image import ImageLoadError
     from render.media.pose import PoseVideoError
     from render.model.checkpoint import CheckpointError
+    from render.model.out_of_memory import ShotOutOfMemory
 
     try:
         return a.fn(a)
     except (CheckpointError, AudioDecodeError, ImageLoadError, PoseVideoError, ValueError, FileNotFoundError) as e:
         print(f"s2v {a.cmd}: error: {e}", file=sys.stderr)
         return EXIT_INPUT
+    except ShotOutOfMemory as e:
+        print(f"s2v {a.cmd}: error: {e}", file=sys.stderr)
+        return EXIT_OUT_OF_MEMORY
     except KeyboardInterrupt:
         print(f"s2v {a.cmd}: interrupted; no partial output was left", file=sys.stderr)
         return 130

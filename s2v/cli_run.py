@@ -16,9 +16,9 @@ def _run(a: argparse.Namespace) -> int:
     from s2v.cli_segments import check_segment_sizes
 
     check_segment_sizes(a.segment_seconds, a.overlap_seconds)  # a shot's mode may be auto/parallel
-    ckpt = Path(a.ckpt)
-    if not ckpt.is_dir():
-        raise FileNotFoundError(f"--ckpt {a.ckpt}: checkpoint folder not found")
+    from render.model.hub import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(a.ckpt)  # a repo id: its snapshot in this machine's Hugging Face cache
     settings = RunSettings(
         ckpt=str(ckpt.resolve()), crf=a.crf, infer_frames=a.infer_frames, motion_frames=a.motion_frames,
         official_frame_drop=a.official_frame_drop, start_from_ref=a.start_from_ref, cfg_batch=not a.no_cfg_batch,
@@ -32,7 +32,7 @@ def _run(a: argparse.Namespace) -> int:
         group_start_retries=a.start_retries, node_max_failures=a.node_max_failures,
         shot_max_failures=a.max_failures, cpu_threads_per_rank=a.cpu_threads_per_rank,
         prep_threads=a.prep_threads, keep_work=a.keep_work,
-        parallel=a.parallel,
+        parallel=a.parallel, offload=a.offload,
     )
     req = RunRequest(
         manifest=Path(a.manifest), run_dir=Path(a.run_dir), settings=settings, engine=engine, address=a.address,
@@ -66,6 +66,12 @@ def _run(a: argparse.Namespace) -> int:
 def _status(a: argparse.Namespace) -> int:
     from cluster.status import main_status
 
+    if a.html:
+        import sys
+
+        from cluster.report import write_report
+
+        print(f"wrote {write_report(a.run_dir)}", file=sys.stderr)  # stderr: --json keeps stdout
     return main_status(a.run_dir, watch=a.watch, as_json=a.json)
 
 
@@ -91,6 +97,7 @@ def register(subparsers: Any) -> None:
         DEFAULT_TARGET_SECONDS,
     )
     from render.settings import DEFAULT_SETTINGS as defaults
+    from s2v.cli import CKPT_HELP
 
     p = subparsers.add_parser(
         "run", help="render a manifest on Ray (starts or joins a cluster); resumable",
@@ -103,7 +110,7 @@ def register(subparsers: Any) -> None:
                     "130 interrupted.")
     p.add_argument("manifest", help="Parquet shot manifest (see s2v validate)")
     p.add_argument("--run-dir", required=True, help="run directory (ledger, logs, results.parquet)")
-    p.add_argument("--ckpt", required=True, help="checkpoint folder (official Wan2.2-S2V-14B layout)")
+    p.add_argument("--ckpt", required=True, help=CKPT_HELP + "; the folder must be readable by every node")
     p.add_argument("--address", default="local",
                    help="'local' (start a private Ray on 127.0.0.1, default), 'auto' or HOST:PORT (join)")
     p.add_argument("--group-size", type=int, default=1, help="GPUs (ranks) per render group")
@@ -111,6 +118,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--parallel", default="auto",
                    help="parallel dims of a group, e.g. 'ulysses=4', 'ulysses=2,cfg=2', 'ring=2,shard_weights=1' "
                         "(default auto: Ulysses when it divides the heads, else ring)")
+    p.add_argument("--offload", action="store_true",
+                   help="GPUs smaller than the model: each rank keeps the DiT's blocks in pinned host memory "
+                        "(~27 GiB of pinned RAM per GPU) and streams them to its GPU one block ahead; same frames "
+                        "(groups of one GPU)")
     p.add_argument("--restart", action="store_true", help="discard the run directory's state and start over")
     p.add_argument("--rerender", action="append", nargs="+", default=[], metavar="SHOT_ID",
                    help="discard these shots' work and render them again (repeatable)")
@@ -171,6 +182,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="refresh every SECONDS")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--html", action="store_true",
+                   help="also rewrite RUN_DIR/index.html now (the run's driver rewrites it as it goes)")
     p.set_defaults(fn=_status)
 
     p = subparsers.add_parser(

@@ -20,6 +20,7 @@ from render.model.audio_features import frame_features, load_wav2vec2
 from render.model.checkpoint import T5_FILE, TOKENIZER_DIR, VAE_FILE, W2V_DIR, CheckpointError
 from render.model.clip_loop import ChainRenderer, ChainSync, StepCallback
 from render.model.dit import load_dit
+from render.model.offload import offload_dit
 from render.model.text_encoder import load_text_encoder
 from render.model.vae import load_vae
 from render.settings import RenderSettings
@@ -56,7 +57,7 @@ class S2VModels:
 
     def __init__(self, ckpt_dir: str | Path, device: str | torch.device = "cpu",
                  dtype: torch.dtype | None = None, vae_dtype: torch.dtype = torch.float32,
-                 fp8: bool = False, fp8_attention: bool = False):
+                 fp8: bool = False, fp8_attention: bool = False, offload: bool = False):
         self.ckpt = check_checkpoint_folder(ckpt_dir)
         self.device = torch.device(device)
         if dtype is None:
@@ -65,16 +66,23 @@ class S2VModels:
         self.vae_dtype = vae_dtype
         self.fp8 = fp8  # opt-in fp8 e4m3 linears (GPU, sm89+); changes numbers, see kernels/fp8.py
         self.fp8_attention = fp8_attention  # opt-in fp8 self-attention (cuDNN, sm90+); kernels/fp8_attention.py
+        # opt-in: DiT blocks in pinned host memory, streamed to the device (render/model/offload.py);
+        # same frames, for cards smaller than the model
+        self.offload = offload
         self._dit = self._vae = self._w2v = None
         self._prompt_cache: dict[str, torch.Tensor] = {}
 
     @property
     def dit(self):
         if self._dit is None:
-            dit = load_dit(self.ckpt, device=self.device, dtype=self.dtype)
+            # Offloaded, the whole model never has to fit the card: it is loaded into host memory
+            # and only the non-block parts move to the device.
+            dit = load_dit(self.ckpt, device="cpu" if self.offload else self.device, dtype=self.dtype)
             # Attention backend, fused glue kernels (GPU) and optional fp8, chosen once and logged;
             # on the CPU this keeps the torch reference path.
             optimize_dit(dit, self.device, fp8=self.fp8, fp8_attention=self.fp8_attention)
+            if self.offload:
+                offload_dit(dit, self.device)
             self._dit = dit
         return self._dit
 

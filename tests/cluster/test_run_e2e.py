@@ -3,6 +3,7 @@ the files, the dashboard's metrics, a rerun that renders nothing, and the Jobs A
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -15,7 +16,7 @@ import pytest
 
 from cluster import exit_codes as ec
 from cluster.driver import run
-from cluster.status import collect
+from cluster.status import collect, status_dict
 from manifests import derive_seed, read_results
 from render.media.video import probe_video
 from tests.cluster.helpers import decoded_frames, file_stamps, request, shot_rows, write_rows
@@ -82,7 +83,7 @@ def test_twelve_shots_on_two_groups_of_two(local_ray, twelve):
     scraper = MetricsScraper(local_ray["metrics_export_port"])
     scraper.start()
     t0 = time.time()
-    code = run(req)
+    code = run(dataclasses.replace(req, progress_interval_s=2.0))
     wall = time.time() - t0
     # Ray exports metric values every few seconds; keep scraping until the final ones appear.
     deadline = time.time() + 30
@@ -131,6 +132,9 @@ def test_twelve_shots_on_two_groups_of_two(local_ray, twelve):
     assert seen["ray_s2v_queue_depth"] == 0
     assert any(k.startswith("ray_s2v_seconds_per_step[group=") and v > 0 for k, v in seen.items())
     assert any(k.startswith("ray_s2v_frames_per_second[group=") and v > 0 for k, v in seen.items())
+    # clips counted by the ranks (a torn-down rank's last increments may never be exported)
+    assert any(k.startswith("ray_s2v_clips_done_total[group=") and v > 0 for k, v in seen.items())
+    assert seen.get("ray_s2v_shot_wall_seconds_count", 0) >= 1
 
     # the run's actors as the dashboard shows them: 2 groups x 2 named ranks and the prep actor
     run_id = json.loads((req.run_dir / "run.json").read_text())["run_id"]
@@ -140,6 +144,19 @@ def test_twelve_shots_on_two_groups_of_two(local_ray, twelve):
 
     report = collect(req.run_dir)
     assert report.counts == {"done": 12} and not report.live
+
+    # live progress: clips of every shot done, elapsed measured, nothing left to wait for
+    status = json.loads(json.dumps(status_dict(req.run_dir)))
+    assert status["clips_done"] == status["clips_total"] >= 12 + parallel_segments - 1
+    assert status["elapsed_s"] > 0 and status["eta_s"] == 0
+    assert all(s["clips_done"] == s["clips_total"] > 0 and s["elapsed_s"] > 0 and s["eta_s"] == 0
+               for s in status["shots"])
+    assert all((req.run_dir / "shots" / f"shot{i:02d}" / "progress-0.json").is_file() for i in range(12))
+    # ...and `s2v run` said so as it went (no terminal here: log lines, also in logs/driver.log)
+    lines = re.findall(r"shots (\d+)/12, clips (\d+)/(\d+), \S+ s/step, ETA [\d:?]+", req.run_dir.joinpath(
+        "logs", "driver.log").read_text())
+    assert len(lines) >= 2 and lines[-1] == ("12", str(status["clips_total"]), str(status["clips_total"]))
+    assert int(lines[0][1]) < status["clips_total"]
 
 
 def test_rerun_renders_nothing_and_touches_no_output(twelve):
@@ -189,6 +206,9 @@ def test_shot_failing_the_same_way_twice_is_marked_failed_and_the_run_goes_on(lo
     assert sorted(p.name for p in (run_dir.path / "logs" / "shot00").glob("*.log")) == ["1.log", "2.log"]
     assert "Traceback" in (run_dir.path / "logs" / "shot00" / "1.log").read_text()  # the rank's own log
     assert not Path(rows[0]["output"]).exists()
+    page = (run_dir.path / "index.html").read_text()  # the run report, rewritten at the end of the run
+    assert 'id="count-done">1 done' in page and 'id="count-failed">1 failed' in page
+    assert "failed the same way twice" in page and len(list((run_dir.path / "report").glob("*.jpg"))) == 1
     # A rerun does not retry it (exit 6 again, nothing rendered); --retry-failed would.
     assert run(req) == ec.EXIT_FAILED_SHOTS
     assert len(list((run_dir.path / "logs" / "shot00").glob("*.log"))) == 2
