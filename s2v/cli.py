@@ -17,11 +17,11 @@ import os
 import sys
 from pathlib import Path
 
+from render.model.hub import CKPT_HELP
+
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 EXIT_ENVIRONMENT = 7  # output location full, read-only or forbidden (cluster.exit_codes.EXIT_ENVIRONMENT)
 EXIT_OUT_OF_MEMORY = 8  # render-shot ran out of GPU memory (the message names the size, memory, options)
-CKPT_HELP = ("checkpoint folder (official Wan2.2-S2V-14B layout), or a Hugging Face repo id such as "
-             "Wan-AI/Wan2.2-S2V-14B: downloaded into the Hugging Face cache (HF_HOME) unless HF_HUB_OFFLINE=1")
 
 
 def _add_render_options(p: argparse.ArgumentParser) -> None:

@@ -91,13 +91,13 @@ def submission_from_args(a: argparse.Namespace):
 
 
 def register(subparsers: Any) -> None:
+    from render.model.hub import CKPT_HELP
     from render.settings import (
         DEFAULT_MIN_PARALLEL_SECONDS,
         DEFAULT_OVERLAP_SECONDS,
         DEFAULT_TARGET_SECONDS,
     )
     from render.settings import DEFAULT_SETTINGS as defaults
-    from s2v.cli import CKPT_HELP
 
     p = subparsers.add_parser(
         "run", help="render a manifest on Ray (starts or joins a cluster); resumable",

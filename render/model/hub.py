@@ -71,3 +71,8 @@ def resolve_checkpoint(ckpt: str | Path) -> Path:
                     f"{str(e).splitlines()[0] if str(e) else 'no message'})")
         raise _download_error(value, why) from None
     return Path(folder)
+
+
+# What a --ckpt option accepts, for every command that has one.
+CKPT_HELP = ("checkpoint folder (official Wan2.2-S2V-14B layout), or a Hugging Face repo id such as "
+             "Wan-AI/Wan2.2-S2V-14B: downloaded into the Hugging Face cache (HF_HOME) unless HF_HUB_OFFLINE=1")
