@@ -126,11 +126,15 @@ class RunEngine:
         skipped = sum(1 for s in self.status.values() if s.state == "done")
         if skipped:
             log.info("%d shots already published: skipped", skipped)
+        unwritable: dict[Path, str | None] = {}  # one probe per output directory, not per shot
         for sid in self.order:
             if self._terminal(sid):
                 continue
             shot = self.shots[sid]
-            reason = _unwritable_output(shot)
+            out_dir = Path(shot.output).parent
+            if out_dir not in unwritable:
+                unwritable[out_dir] = _unwritable_output(shot)
+            reason = unwritable[out_dir]
             if reason is not None:  # fails this shot alone, before anything of it is rendered
                 self._fail(sid, reason, "output", "OSError")
                 continue

@@ -35,7 +35,7 @@ from typing import Any
 
 from cluster.settings import RunSettings
 from manifests import Shot
-from render.media.atomic import atomic_write_json, read_json
+from render.media.atomic import atomic_write_json, file_sha256, read_json
 
 #: packages whose source changes what is rendered (cluster/ only schedules, so it is left out)
 FRAME_PACKAGES = ("render", "parallel", "kernels", "manifests")
@@ -51,7 +51,6 @@ _INPUT_COLUMNS = ("audio", "image", "pose_video")
 # Manifest columns that are not render columns: inputs (hashed by content), the output (encode
 # half) and the scheduling columns.
 _ROW_NOT_RENDER = frozenset({"shot_id", *_INPUT_COLUMNS, "output", "priority", "sequence", "order"})
-_CHUNK = 1 << 20
 
 
 def json_digest(obj: object) -> str:
@@ -123,13 +122,10 @@ class InputHashes:
         entry = self.entries.get(name)
         if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
             return entry["sha256"]
-        h = hashlib.sha256()
-        with open(name, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                h.update(chunk)
-        self.entries[name] = {"stamp": stamp, "sha256": h.hexdigest()}
+        sha = file_sha256(name)
+        self.entries[name] = {"stamp": stamp, "sha256": sha}
         self.hashed += 1
-        return h.hexdigest()
+        return sha
 
     def save(self) -> None:
         """Keep only the files of this start's manifest (the cache cannot grow without bound)."""

@@ -27,11 +27,12 @@ from typing import Any
 import torch
 
 from manifests import Shot
+from render.media.atomic import file_sha256
 from render.model.clip_loop import ChainSync, ShotConditioning, StepCallback, share_conditioning
 from render.settings import RenderSettings
 from render.shot.condition import assemble_conditioning, reference_conditioning, segment_audio_features
 from render.shot.plan import SegmentOptions, ShotPlan, plan_shot
-from render.shot.segment import file_sha256, read_record, segment_dir
+from render.shot.segment import read_record, segment_dir
 from render.shot.segment import render_segment as render_segment_files
 
 ClipDone = Callable[[int], None]  # every rank, after each clip: the clip's index
@@ -52,8 +53,7 @@ def segment_conditioning(models: Any, shot: Shot, plan: ShotPlan, index: int, se
                          features: dict[str, Any]) -> ShotConditioning:
     """A segment's conditioning from the prepared embeddings and features; the reference (and
     pose) latents need the VAE: the writer's (see ``group_conditioning``)."""
-    reference = reference_conditioning(models.vae, models.device, models.vae_dtype, plan, index, shot.image,
-                                       settings, shot.pose_video)
+    reference = reference_conditioning(models, plan, index, shot.image, settings, shot.pose_video)
     return assemble_conditioning(plan, prompt_context, negative_context, reference,
                                  (features["audio_frames"], int(features["audio_start_frame"])))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -80,6 +81,15 @@ def remove_quietly(path: str | Path) -> None:
 # Errors of the environment (not of the input or the code): reported in one line, not a traceback.
 ENVIRONMENT_ERRNOS = frozenset(e for e in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM,
                                            getattr(errno, "EDQUOT", None)) if e is not None)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB blocks (memory does not grow with the file)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def check_writable(directory: str | Path) -> None:

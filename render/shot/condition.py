@@ -65,25 +65,24 @@ def segment_audio_features(models, plan: ShotPlan, index: int, audio_path: str |
     return models.audio_frames(samples, nf, plan.fps), f0
 
 
-def reference_conditioning(vae, device: torch.device, vae_dtype: torch.dtype, plan: ShotPlan, index: int,
-                           image_path: str | Path, settings: RenderSettings,
-                           pose_video: str | Path | None = None
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(reference pixels [3, H, W], reference latent [1, 16, 1, h, w], pose latents or None)."""
+def reference_conditioning(models, plan: ShotPlan, index: int, image_path: str | Path, settings: RenderSettings,
+                           pose_video: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(reference pixels [3, H, W], reference latent [1, 16, 1, h, w], pose latents or None);
+    runs ``models``' VAE."""
     from render.media.image import load_reference_image
 
     if plan.height is None or plan.width is None:
         raise ValueError("the plan has no output geometry (made by plan_segments, not plan_shot)")
     ref = load_reference_image(image_path, plan.height, plan.width)
     with torch.inference_mode():
-        ref_lat = vae.encode(ref[:, None].to(device, vae_dtype)).float()[None].cpu()
+        ref_lat = models.vae.encode(ref[:, None].to(models.device, models.vae_dtype)).float()[None].cpu()
     pose = None
     if pose_video is not None:
         if len(plan.segments) > 1:
             raise ValueError("pose conditioning is only supported for one-segment (sequential) shots")
         from render.media.pose import pose_latents
 
-        pose = pose_latents(vae, pose_video, plan.height, plan.width, plan.segments[index].num_clips,
+        pose = pose_latents(models.vae, pose_video, plan.height, plan.width, plan.segments[index].num_clips,
                             settings.infer_frames, settings.fps)
     return ref, ref_lat, pose
 
@@ -102,7 +101,6 @@ def condition_segment(models, plan: ShotPlan, index: int, audio_path: str | Path
                       context_seconds: float = FEATURE_CONTEXT_SECONDS) -> ShotConditioning:
     """The whole stage in one process: everything segment ``index`` of ``plan`` needs."""
     ctx, neg_ctx = models.embed_prompts(shot_prompts(prompt, settings.negative_prompt))
-    reference = reference_conditioning(models.vae, models.device, models.vae_dtype, plan, index, image_path,
-                                       settings, pose_video)
+    reference = reference_conditioning(models, plan, index, image_path, settings, pose_video)
     features = segment_audio_features(models, plan, index, audio_path, context_seconds)
     return assemble_conditioning(plan, ctx, neg_ctx, reference, features)

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from render.media.atomic import atomic_write, temp_path_for
+from render.media.atomic import atomic_write, file_sha256, temp_path_for
 from render.media.publish import publish_atomically, verify_video
 from render.media.video import Mp4Writer
 from render.model.clip_loop import ChainRenderer, ChainState, ShotConditioning, clip_seed, initial_chain_state
@@ -93,14 +93,6 @@ def segment_fingerprint(plan: ShotPlan, index: int, settings: RenderSettings, sh
                          "audio_start": shot.audio_start_frame}, sort_keys=True).encode())
     for t in (shot.prompt_context, shot.negative_context, shot.ref_latents, shot.audio_frames, shot.pose_latents):
         _tensor_digest(h, t)
-    return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(functools.partial(f.read, 1 << 20), b""):
-            h.update(block)
     return h.hexdigest()
 
 
