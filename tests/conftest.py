@@ -1,8 +1,10 @@
 """Shared test fixtures.
 
-The golden parity data lives in the project's ``shared`` folder beside the checkout
-(``<checkout>/../shared``), or wherever ``S2V_SHARED_DIR`` points. Tests that need it skip
-with a clear reason when it is absent; product code never depends on it.
+The golden parity data (outputs of the official Wan2.2 code on tiny random-weight models) is part
+of the repository, in ``tests/data/wan_s2v``, so the parity tests run on a fresh clone and never
+skip. Large files are stored xz-compressed; the first test that needs them unpacks the folder once
+per session into a temporary directory and checks every unpacked file against ``SHA256SUMS`` (the
+hashes of the files exactly as the official run wrote them). Product code never reads this data.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import os
 # slower (measured: a tiny VAE encode+decode 5.9 s vs 0.16 s); must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import hashlib  # noqa: E402
+import lzma  # noqa: E402
+import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -21,32 +26,44 @@ import torch  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _shared_dir() -> Path | None:
-    env = os.environ.get("S2V_SHARED_DIR")
-    candidates = [Path(env)] if env else []
-    candidates.append(REPO_ROOT.parent / "shared")
-    for c in candidates:
-        if (c / "wan_s2v").is_dir():
-            return c
-    return None
+GOLDEN_SOURCE = REPO_ROOT / "tests" / "data" / "wan_s2v"
+
+
+def unpack_golden(source: Path, dest: Path) -> Path:
+    """Copy ``source`` to ``dest``, decompressing ``*.xz`` files, and verify ``SHA256SUMS``."""
+    for src in sorted(source.rglob("*")):
+        if not src.is_file():
+            continue
+        rel = src.relative_to(source)
+        out = dest / (rel.with_suffix("") if src.suffix == ".xz" else rel)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if src.suffix == ".xz":
+            with lzma.open(src) as f_in, out.open("wb") as f_out:
+                shutil.copyfileobj(f_in, f_out, 1 << 20)
+        else:
+            shutil.copyfile(src, out)
+    for line in (dest / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        got = hashlib.sha256((dest / name).read_bytes()).hexdigest()
+        if got != digest:
+            raise RuntimeError(f"golden file {name} does not match SHA256SUMS (got {got}): the copy in {source} is damaged")
+    return dest
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    d = _shared_dir()
-    if d is None:
-        pytest.skip("golden data not found: set S2V_SHARED_DIR or place shared/ beside the checkout")
-    return d
+def golden_root(tmp_path_factory) -> Path:
+    """The unpacked golden folder: golden/, golden_vae_t5/, clip_chain/ and the 14B key inventories."""
+    return unpack_golden(GOLDEN_SOURCE, tmp_path_factory.mktemp("wan_s2v_golden"))
 
 
 @pytest.fixture(scope="session")
-def golden_dir(shared_dir: Path) -> Path:
-    return shared_dir / "wan_s2v" / "golden"
+def golden_dir(golden_root: Path) -> Path:
+    return golden_root / "golden"
 
 
 @pytest.fixture(scope="session")
-def golden_vae_t5_dir(shared_dir: Path) -> Path:
-    return shared_dir / "wan_s2v" / "golden_vae_t5"
+def golden_vae_t5_dir(golden_root: Path) -> Path:
+    return golden_root / "golden_vae_t5"
 
 
 @pytest.fixture(autouse=True)

@@ -136,8 +136,8 @@ def test_to_moves_and_casts(vae_ckpt: Path) -> None:
     assert v.mean.dtype == torch.float32
 
 
-def test_skeleton_matches_release_inventory(shared_dir: Path) -> None:
-    entries = json.loads((shared_dir / "wan_s2v" / "vae_wan21_state_dict.json").read_text())
+def test_skeleton_matches_release_inventory(golden_root: Path) -> None:
+    entries = json.loads((golden_root / "vae_wan21_state_dict.json").read_text())
     want = {e["key"]: tuple(e["shape"]) for e in entries}
     assert len(want) == 194
     model = build_vae_skeleton()

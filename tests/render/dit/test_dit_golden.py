@@ -1,4 +1,4 @@
-"""DiT parity with the official outputs (shared/wan_s2v/golden), fp32 max-abs <= 1e-4."""
+"""DiT parity with the official outputs (tests/data/wan_s2v/golden), fp32 max-abs <= 1e-4."""
 
 from __future__ import annotations
 

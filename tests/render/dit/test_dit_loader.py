@@ -14,8 +14,8 @@ from render.model.dit import build_dit_skeleton, load_dit
 from render.model.dit.loader import INDEX_FILE, SINGLE_FILE
 
 
-def test_14b_key_set_and_shapes_on_meta(shared_dir):
-    entries = json.loads((shared_dir / "wan_s2v" / "dit_14b_state_dict.json").read_text())
+def test_14b_key_set_and_shapes_on_meta(golden_root):
+    entries = json.loads((golden_root / "dit_14b_state_dict.json").read_text())
     assert len(entries) == 1260
     model = build_dit_skeleton(DiTConfig())  # defaults are the 14B release values
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
