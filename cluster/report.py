@@ -3,8 +3,10 @@
 No server, no scripts, no external resources: inline CSS, links and images relative to the run
 directory (outputs elsewhere get ``file://`` links). Written atomically by the driver with every
 results.parquet write (``RunEngine._publish_state``) and by ``s2v status --html``. It shows the
-counts, a row per shot (state, attempts, error, output, size, duration, QA numbers when
-``shots/<id>/qa.json`` holds the JSON of ``s2v qa --json-out``) and a contact sheet: the middle
+counts, a row per shot (state, attempts, error, output, size, duration, QA: the quality curves'
+numbers and flags with links to their plot and seam contact sheet when ``shots/<id>/qa.json`` is
+the summary of ``cluster.results.record_shot_qa``, or the numbers of an ``s2v qa --json-out``
+report placed there) and a contact sheet: the middle
 frame of every published shot, decoded once into ``report/`` (named by the video's sha256, so a
 re-rendered shot gets a new thumbnail and the old one is removed).
 """
@@ -113,6 +115,17 @@ def _size(n: int | None) -> str:
 def _qa_numbers(qa: dict[str, Any] | None) -> str:
     if not isinstance(qa, dict):
         return ""
+    if "summary" in qa or "error" in qa:  # cluster.results.record_shot_qa
+        if "error" in qa:
+            return f"QA not measured: {qa['error']}"
+        s = qa["summary"]
+        parts = [f"{label} {s[key]:{spec}}" for key, label, spec in (
+            ("worst_seam_ratio", "worst seam", ".2f"), ("max_colour_drift", "max colour drift dE76", ".1f"),
+            ("min_face_similarity", "min face similarity", ".2f"), ("lipsync", "lip-sync corr", ".3f"))
+            if s.get(key) is not None]
+        if parts and s.get("worst_seam_ratio") is not None:
+            parts[0] += "x p95"
+        return "; ".join(parts + [f"FLAGGED {f}" for f in s.get("flags") or []])
     parts = []
     inside = qa.get("inside") or {}
     if "p95" in inside:
@@ -171,12 +184,30 @@ def _shot_row(run: RunDir, row: dict[str, Any], thumb: str | None) -> str:
     link = (f'<a class="output" href="{e(_href(output, run.path))}">{e(Path(output).name)}</a>'
             if row["status"] == "done" and output else e(output))
     duration = f"{row['duration_s']:.2f} s" if row.get("duration_s") is not None else ""
-    qa = _qa_numbers(read_json(run.shot_dir(sid) / "qa.json")) if (run.shot_dir(sid) / "qa.json").is_file() else ""
+    qa_cell = _qa_cell(run, sid, published)
     return (f'<tr class="{e(row["status"])}" data-shot="{e(sid)}"><td>{e(sid)}</td>'
             f'<td class="state">{e(row["status"])}</td><td class="num">{row.get("attempts") or 0}</td>'
             f'<td class="error">{e(row.get("error") or "")}</td><td>{link}</td>'
-            f'<td class="num">{_size(size)}</td><td class="num">{duration}</td><td>{e(qa)}</td>'
+            f'<td class="num">{_size(size)}</td><td class="num">{duration}</td><td class="qa">{qa_cell}</td>'
             f'<td>{"yes" if thumb else ""}</td></tr>')
+
+
+def _qa_cell(run: RunDir, sid: str, published: dict[str, Any] | None) -> str:
+    """The QA column: numbers and flags, and links to the shot's curves plot and seam sheet."""
+    path = run.shot_dir(sid) / "qa.json"
+    try:
+        qa = read_json(path) if path.is_file() else None
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(qa, dict):
+        return ""
+    if "sha256" in qa and (not published or qa["sha256"] != published.get("sha256")):
+        return ""  # measured on an earlier render of the shot
+    cell = html.escape(_qa_numbers(qa))
+    links = [f'<a href="{html.escape(_href(run.shot_dir(sid) / Path(qa[key]).name, run.path))}">{label}</a>'
+             for key, label in (("plot", "curves"), ("sheet", "seams"))
+             if isinstance(qa.get(key), str) and (run.shot_dir(sid) / Path(qa[key]).name).is_file()]
+    return cell + (" (" + ", ".join(links) + ")" if links else "")
 
 
 def render_report(run: RunDir, rows: list[dict[str, Any]], thumbs: dict[str, str], now: float) -> str:

@@ -1,8 +1,10 @@
-"""Shot records derived from the ledger: results.parquet rows, state counts, the stitch task."""
+"""Shot records derived from the ledger: results.parquet rows, state counts, the stitch task
+(publish, then measure the shot's quality curves into ``shots/<id>/``: see ``record_shot_qa``)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections import Counter
@@ -17,7 +19,16 @@ import pyarrow.parquet as pq
 from cluster.ledger import RunDir
 from manifests import ResultRow, Shot, write_results
 from manifests.validate import InvalidRow
-from render.media.atomic import atomic_write_json
+from render.media.atomic import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+# Quality of a published shot, in its ledger folder: the summary the results rows, status and
+# report read (small), the full curves, the plot and the contact sheet.
+QA_SUMMARY_FILE = "qa.json"
+QA_CURVES_FILE = "qa-curves.json"
+QA_PLOT_FILE = "qa.png"
+QA_SHEET_FILE = "seams.png"
 
 
 def _utc(ts: float | None) -> datetime | None:
@@ -58,9 +69,60 @@ def result_row(run: RunDir, shot: Shot, run_id: str | None = None) -> ResultRow:
         row.finished_at = _utc(published["published_at"])
         if status.started_at is not None:
             row.wall_s = max(0.0, published["published_at"] - status.started_at)
+        qa = read_shot_qa(run, shot.shot_id, published)
+        if qa is not None and "error" in qa:
+            row.qa_error = str(qa["error"])
+        elif qa is not None:
+            summary = qa.get("summary") or {}
+            row.qa_worst_seam_ratio, row.qa_max_colour_drift = summary.get("worst_seam_ratio"), summary.get(
+                "max_colour_drift")
+            row.qa_min_face_similarity, row.qa_lipsync = summary.get("min_face_similarity"), summary.get("lipsync")
+            row.qa_flags = list(summary.get("flags") or [])
     elif state == "failed":
         row.finished_at = _utc(status.finished_at)
     return row
+
+
+def read_shot_qa(run: RunDir, shot_id: str, published: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The shot's QA summary (``record_shot_qa``) when it was measured on the published file
+    (same sha256); None when missing, unreadable or of an earlier render."""
+    published = published if published is not None else run.read_published(shot_id)
+    try:
+        qa = read_json(run.shot_dir(shot_id) / QA_SUMMARY_FILE)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(qa, dict) or not published or qa.get("sha256") != published.get("sha256"):
+        return None
+    return qa
+
+
+def record_shot_qa(run: RunDir, shot: Shot, plan: Any, published: dict[str, Any],
+                   official_frame_drop: bool = False) -> dict[str, Any]:
+    """Measure a just-published shot's quality curves (render.quality.curves) into its ledger
+    folder: qa-curves.json, qa.png, seams.png, then the summary qa.json. Never raises: a shot
+    whose measurement fails stays published; the error is logged and recorded in qa.json (and
+    the results row's ``qa_error``). Cost: one decode of the output at a reduced size."""
+    from render.quality.curves import plan_curves
+    from render.quality.plots import QaFiles, write_qa_files
+
+    folder = run.shot_dir(shot.shot_id)
+    t0 = time.time()
+    record: dict[str, Any] = {"sha256": published["sha256"], "output": published["output"]}
+    try:
+        curves = plan_curves(published["output"], plan, shot.image, shot.audio,
+                             official_frame_drop=official_frame_drop)
+        write_qa_files(curves, QaFiles(folder / QA_CURVES_FILE, folder / QA_PLOT_FILE, folder / QA_SHEET_FILE))
+        record.update(summary=curves.summary(), plot=QA_PLOT_FILE, sheet=QA_SHEET_FILE, curves=QA_CURVES_FILE)
+    except Exception as exc:  # QA must never fail a published shot
+        log.warning("quality curves of shot %s (%s) failed: %s: %s", shot.shot_id, published["output"],
+                    type(exc).__name__, exc)
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    record["seconds"] = round(time.time() - t0, 3)
+    try:
+        atomic_write_json(folder / QA_SUMMARY_FILE, record)
+    except Exception as exc:
+        log.warning("shot %s: QA summary not written: %s", shot.shot_id, exc)
+    return record
 
 
 def invalid_result_row(invalid: InvalidRow, run_id: str | None) -> ResultRow:
@@ -141,4 +203,5 @@ def stitch_and_record(run_dir: str, shot: Shot, plan: dict[str, Any], settings: 
     atomic_write_json(run.published_file(shot.shot_id), record)
     if not keep_work:  # the intermediates are only needed until the shot is published
         shutil.rmtree(run.work_dir(shot.shot_id), ignore_errors=True)
+    record_shot_qa(run, shot, shot_plan, record, render_settings.official_frame_drop)
     return record

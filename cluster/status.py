@@ -7,7 +7,8 @@ renders); the run's, from the latest start to now while live, else from the star
 the last shot to end to that end. ETA: a shot's, its clips left at its own seconds per clip (the
 run's mean before it has one); the run's, all clips left at the mean seconds per clip of the shots
 rendering, divided by the segments rendering at once. 0 when finished, None when not running or
-not yet measured.
+not yet measured. QA: a published shot's quality flags (cluster.results.record_shot_qa); a
+flagged shot is done, its flags are listed under the table.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class ShotLine:
     elapsed_s: float | None = None
     eta_s: float | None = None
     seconds_per_step: float | None = None
+    qa: str = ""  # published shots: "ok", "flagged", "error" (not measured: "")
+    qa_flags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -71,7 +74,7 @@ class RunReport:
 
 
 def collect(run_dir: str | Path) -> RunReport:
-    from cluster.results import load_invalid_rows, shot_state
+    from cluster.results import load_invalid_rows, read_shot_qa, shot_state
 
     run = RunDir(run_dir)
     record = run.read_run()
@@ -108,6 +111,10 @@ def collect(run_dir: str | Path) -> RunReport:
             if live and state == "running":
                 in_flight += _segments_in_flight(records, committed, now)
         line.elapsed_s = _shot_elapsed(state, status.started_at, status.finished_at, live, now)
+        qa = read_shot_qa(run, sid) if state == "done" else None
+        if qa is not None:
+            line.qa_flags = list((qa.get("summary") or {}).get("flags") or [])
+            line.qa = "error" if "error" in qa else "flagged" if line.qa_flags else "ok"
         if state in ("done", "failed") and status.started_at is not None and status.finished_at is not None:
             spans.append((status.started_at, status.finished_at))
         lines.append(line)
@@ -183,13 +190,17 @@ def format_report(report: RunReport, error_width: int = 70) -> str:
             + f" | clips {report.clips_done}/{report.clips_total}, elapsed {format_duration(report.elapsed_s)}, "
             + (f"{format_step(report.seconds_per_step)} s/step, " if report.seconds_per_step else "")
             + f"ETA {format_duration(report.eta_s)}")
-    cols = ("shot_id", "state", "segments", "clips", "elapsed", "eta", "attempts", "error / last failure")
+    cols = ("shot_id", "state", "segments", "clips", "elapsed", "eta", "attempts", "qa", "error / last failure")
     rows = [(s.shot_id, s.state, s.segments, _clips(s), _duration(s.elapsed_s), _duration(s.eta_s), str(s.attempts),
-             s.error[:error_width]) for s in report.shots]
+             s.qa.upper() if s.qa == "flagged" else s.qa or "-", s.error[:error_width]) for s in report.shots]
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [head, fmt.format(*cols), fmt.format(*("-" * w for w in widths))]
     out.extend(fmt.format(*r) for r in rows)
+    flagged = [s for s in report.shots if s.qa_flags]
+    if flagged:  # flagged, not failed: the shots are done; these say where to look
+        out.append(f"quality flags ({len(flagged)} shot(s); plots in RUN_DIR/shots/<id>/qa.png, seams.png):")
+        out.extend(f"  {s.shot_id}: {flag}" for s in flagged for flag in s.qa_flags)
     return "\n".join(line.rstrip() for line in out)
 
 

@@ -7,6 +7,10 @@ Timestamps are timezone-aware UTC; naive datetimes are refused because their zon
 Columns a pipeline joins on: ``manifest_row`` (0-based row of the manifest), ``run_id``,
 ``width``/``height`` (planned output geometry), ``log_path`` (latest attempt log),
 ``failure_stage``/``failure_type`` and, for rows refused by validation, ``validation_errors``.
+Quality of a published shot (render/quality/curves.py; null when not measured): ``qa_worst_seam_ratio``,
+``qa_max_colour_drift`` (ΔE76), ``qa_min_face_similarity``, ``qa_lipsync``, ``qa_flags`` (one
+"kind: detail" string per exceeded threshold: flagged, not failed) and ``qa_error`` (why the
+measurement failed; the shot itself stays done).
 ``write_results(..., extra=table)`` appends the manifest's pass-through (``x_``) columns unchanged.
 """
 
@@ -66,11 +70,19 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("failure_stage", pa.string()),
         pa.field("failure_type", pa.string()),
         pa.field("validation_errors", pa.list_(VALIDATION_ERROR_TYPE)),
+        pa.field("qa_worst_seam_ratio", pa.float64()),
+        pa.field("qa_max_colour_drift", pa.float64()),
+        pa.field("qa_min_face_similarity", pa.float64()),
+        pa.field("qa_lipsync", pa.float64()),
+        pa.field("qa_flags", pa.list_(pa.string())),
+        pa.field("qa_error", pa.string()),
     ]
 )
 #: columns added after the first release: a results file written before them reads them as null.
 _LATER_COLUMNS = ("manifest_row", "run_id", "width", "height", "log_path", "failure_stage", "failure_type",
-                  "validation_errors")
+                  "validation_errors", "qa_worst_seam_ratio", "qa_max_colour_drift", "qa_min_face_similarity",
+                  "qa_lipsync", "qa_flags", "qa_error")
+_QA_NUMBERS = ("qa_worst_seam_ratio", "qa_max_colour_drift", "qa_min_face_similarity", "qa_lipsync")
 
 
 class ResultsError(ValueError):
@@ -103,6 +115,12 @@ class ResultRow:
     failure_stage: str | None = None
     failure_type: str | None = None
     validation_errors: list[dict[str, Any]] | None = None
+    qa_worst_seam_ratio: float | None = None
+    qa_max_colour_drift: float | None = None
+    qa_min_face_similarity: float | None = None
+    qa_lipsync: float | None = None
+    qa_flags: list[str] | None = None
+    qa_error: str | None = None
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(ResultRow))
@@ -146,7 +164,16 @@ def _normalise(index: int, row: ResultRow | Mapping[str, Any]) -> dict[str, Any]
     for column in ("output", "log_path"):
         if out[column] is not None:
             out[column] = str(out[column])
-    for column in ("run_id", "failure_type"):
+    for column in _QA_NUMBERS:  # correlations may be negative
+        v = out[column]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)):
+            raise bad(column, "a finite number")
+    flags = out["qa_flags"]
+    if flags is not None:
+        if not isinstance(flags, list | tuple) or not all(isinstance(f, str) for f in flags):
+            raise bad("qa_flags", "a list of strings")
+        out["qa_flags"] = list(flags)
+    for column in ("run_id", "failure_type", "qa_error"):
         if out[column] is not None and not isinstance(out[column], str):
             raise bad(column, "a string")
     if out["failure_stage"] is not None and out["failure_stage"] not in FAILURE_STAGES:

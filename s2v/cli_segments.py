@@ -92,9 +92,39 @@ def cmd_qa(a: argparse.Namespace) -> int:
         ls = rep["lipsync"]
         print(f"lip-sync: corr {ls['corr']:.3f} at lag {ls['lag']:+d} frames (lag 0: {ls['corr_lag0']:.3f}), "
               f"{ls['frames']} frames, audio {ls['audio']}  [tiny-model characters only]")
+    if not a.no_curves:
+        _write_curves(a)
     if not a.json_out:
         sys.stdout.write(text + "\n")
     return EXIT_OK
+
+
+def _write_curves(a: argparse.Namespace) -> None:
+    """The per-clip quality curves (render/quality/curves.py): table and flags printed, the JSON,
+    plot and seam contact sheet written (atomically) beside the video or into --curves-dir."""
+    from render.quality.curves import QualityThresholds, plan_curves, shot_curves
+    from render.quality.plots import QaFiles, files_beside, format_table, write_qa_files
+    from render.quality.qa import read_plan_file
+
+    thresholds = QualityThresholds(seam_ratio=a.seam_ratio, colour_drift_de=a.colour_drift,
+                                   face_similarity=a.face_similarity, lipsync_corr=a.lipsync_corr)
+    audio = a.audio if a.audio is not None else (a.video if a.lipsync else None)
+    if a.plan:
+        curves = plan_curves(a.video, read_plan_file(a.plan), a.image, audio, thresholds=thresholds)
+    else:
+        curves = shot_curves(a.video, a.image, audio, thresholds=thresholds)
+    files = files_beside(a.video)
+    if a.curves_dir:
+        d = Path(a.curves_dir)
+        files = QaFiles(d / files.json.name, d / files.plot.name, d / files.sheet.name)
+    print(format_table(curves))
+    try:
+        write_qa_files(curves, files)
+    except OSError:
+        print(f"s2v qa: the curves' files cannot be written in {files.json.parent}: choose another folder with "
+              "--curves-dir, or skip them with --no-curves", file=sys.stderr)
+        raise
+    print(f"wrote {files.json}, {files.plot}, {files.sheet}")
 
 
 def register(subparsers) -> None:
@@ -106,8 +136,28 @@ def register(subparsers) -> None:
 
     register_assemble(subparsers)
 
-    p = subparsers.add_parser("qa", help="seam and colour-drift metrics of a stitched shot (and lip-sync of "
-                              "the tiny model's characters)")
+    from render.quality.curves import SEAM_WINDOW_FRAMES, QualityThresholds
+
+    th = QualityThresholds()
+    p = subparsers.add_parser(
+        "qa", help="seam and colour-drift metrics of a stitched shot (and lip-sync of the tiny model's characters)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Seam and colour-drift report of a stitched shot, then its quality curves per clip: colour "
+                    "drift vs the reference (dE76), face-region similarity to the reference (NCC), lip-sync "
+                    "(tiny-model characters only) and the jump at every clip boundary and segment join. "
+                    "Writes NAME.qa.json, NAME.qa.png (the curves over time) and NAME.seams.png (the reference "
+                    "and the frames around the worst seams) beside NAME.mp4 (or into --curves-dir).",
+        epilog="thresholds (a shot beyond one is FLAGGED, not failed; the exit status stays 0):\n"
+               f"  --seam-ratio {th.seam_ratio:g}: a seam's jump / the within-clip p95 of the same measure at the same\n"
+               "      frame distance; the picture change (mean |dRGB|) between the frames either side of the\n"
+               f"      transition, and the dE76 of the mean colours of up to {SEAM_WINDOW_FRAMES} frames either side of it, so a\n"
+               "      drift hidden inside a crossfade still counts in full (denominators at least "
+               f"{th.seam_picture_floor:g} and {th.seam_colour_floor:g})\n"
+               f"  --colour-drift {th.colour_drift_de:g}: dE76 of a clip's mean Lab colour vs the reference's\n"
+               f"  --face-similarity {th.face_similarity:g}: a clip's mean NCC of the central face region vs the "
+               "reference\n"
+               f"  --lipsync-corr {th.lipsync_corr:g}: the shot's lip-sync correlation (only where the tiny model's "
+               "mouth colour is found)")
     p.add_argument("video")
     p.add_argument("--plan", default=None, help="the shot's plan.json (default: one segment covering the video)")
     p.add_argument("--image", default=None, help="reference image for colour drift")
@@ -119,4 +169,19 @@ def register(subparsers) -> None:
     p.add_argument("--audio", default=None,
                    help="audio to score lip-sync against (implies --lipsync; default: the video's own audio track)")
     p.add_argument("--json-out", default=None)
+    g = p.add_argument_group("quality curves")
+    g.add_argument("--no-curves", action="store_true", help="only the seam report: no per-clip curves or pictures")
+    g.add_argument("--curves-dir", default=None,
+                   help="write NAME.qa.json, NAME.qa.png, NAME.seams.png here (default: beside the video)")
+    g.add_argument("--seam-ratio", type=float, default=th.seam_ratio, metavar="X",
+                   help=f"flag a seam above X times the within-clip p95 (default {th.seam_ratio:g})")
+    g.add_argument("--colour-drift", type=float, default=th.colour_drift_de, metavar="DE",
+                   help=f"flag a clip whose mean colour is more than DE (CIE76) from the reference's "
+                        f"(default {th.colour_drift_de:g})")
+    g.add_argument("--face-similarity", type=float, default=th.face_similarity, metavar="NCC",
+                   help=f"flag a clip whose face region correlates less than NCC with the reference's "
+                        f"(default {th.face_similarity:g})")
+    g.add_argument("--lipsync-corr", type=float, default=th.lipsync_corr, metavar="R",
+                   help=f"flag a shot whose lip-sync correlation is below R (default {th.lipsync_corr:g}; "
+                        "tiny-model characters only)")
     p.set_defaults(fn=cmd_qa)
