@@ -2,21 +2,23 @@
 # What the product needs on the GPU machines (no package registry there) that their image lacks:
 # ray[default] 2.60.0, av 18.1.0, omegaconf 2.4.0, ftfy, yunchang and their dependencies, 39 wheels
 # of 132 MB (ray alone 79 MB, av 36 MB), more than one device call may carry (64 MiB with the
-# ~24 MB repo). `prepare` installs them here into one cp312 manylinux x86_64 site tree (369 MB),
-# packs it as tar.xz (100 MB) and splits that into 3 parts; a warm machine stages the parts in
-# /tmp over 3 back-to-back calls (it goes back after ~30 s idle: the staged parts go with it).
+# ~39 MB repo, golden data included). `prepare` installs them here into one cp312 manylinux x86_64
+# site tree (369 MB), packs it as tar.xz (100 MB) and splits that into 5 parts of ~20 MB; a warm
+# machine stages the parts in /tmp over 5 back-to-back calls (it goes back after ~30 s idle: the
+# staged parts go with it). `resplit` re-cuts existing parts into 5 (no download).
 # pyarrow is NOT carried: the image has pyarrow 25.0.1 (pyproject asks >=15, ray[data] >=17).
 # The image's aiohttp 3.14.3 is shadowed by 3.14.5 (ray[default] asks >=3.14.4). torch,
 # transformers, numpy, safetensors, tokenizers, pillow, tqdm, einops come from the image.
 #
-#   here:    bash benchmarks/gpu_carry.sh prepare        # -> .gpua/ .gpub/ .gpuc/ (~33 MB each),
+#   here:    bash benchmarks/gpu_carry.sh prepare        # -> .gpua/ ... .gpue/ (~20 MB each),
 #                                                        #    .gpur/ (1 MB: omegaconf, ftfy, wcwidth)
 #            (xz -9e of 369 MB: ~7 min on 2 cores)
 #   device:  bash benchmarks/gpu_carry.sh stage .gpua    # call 1 (carry .gpua)
-#            bash benchmarks/gpu_carry.sh stage .gpub    # call 2, same warm machine (carry .gpub)
-#            bash benchmarks/gpu_carry.sh stage .gpuc && bash benchmarks/gpu_carry.sh install /tmp/site \
+#            bash benchmarks/gpu_carry.sh stage .gpub    # calls 2-4, same warm machine (carry .gpub,
+#            ...                                         #   .gpuc, .gpud)
+#            bash benchmarks/gpu_carry.sh stage .gpue && bash benchmarks/gpu_carry.sh install /tmp/site \
 #              && export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH \
-#              && bash benchmarks/gpu_carry.sh check     # call 3 (carry .gpuc): ray.init + a task
+#              && bash benchmarks/gpu_carry.sh check     # call 5 (carry .gpue): ray.init + a task
 #   14B random-weight checkpoint (46 GB, tinymodel/test_checkpoint.py) and the product's loaders:
 #            python3 -m tinymodel.test_checkpoint /tmp/s2v14b --device cuda \
 #              && bash benchmarks/gpu_carry.sh load-check /tmp/s2v14b
@@ -25,7 +27,8 @@
 set -euo pipefail
 STAGE=/tmp/gpu_stage
 PY=${PYTHON:-python3}  # prepare: a Python with pip (e.g. PYTHON=.venv/bin/python)
-PARTS=(.gpua .gpub .gpuc)
+PARTS=(.gpua .gpub .gpuc .gpud .gpue)
+N=${#PARTS[@]}
 WHEELS=(
   ray==2.60.0 av==18.1.0 omegaconf==2.4.0 ftfy==6.3.1 wcwidth==0.9.5 yunchang==0.6.4
   aiohttp==3.14.5 aiohttp-cors==0.8.1 colorful==0.5.8 py-spy==0.4.3 smart-open==9.0.4
@@ -43,16 +46,27 @@ PLAT=(--only-binary=:all: --python-version 3.12 --implementation cp
       --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
       --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64)
 
+split_parts() {  # $1/site.tar.xz -> the N part folders
+  (cd "$1" && split -n "$N" -d -a 1 site.tar.xz site.tar.xz.part && sha256sum site.tar.xz > site.sha256)
+  rm -rf "${PARTS[@]}" && mkdir -p "${PARTS[@]}"
+  for i in $(seq 0 $((N - 1))); do mv "$1/site.tar.xz.part$i" "${PARTS[$i]}/"; cp "$1/site.sha256" "${PARTS[$i]}/"; done
+}
+
 case "${1:-}" in
+resplit)
+  tmp=$(mktemp -d)
+  for i in 0 1 2 3 4 5 6 7 8 9; do cat .gpu[a-q]/site.tar.xz.part$i 2>/dev/null || true; done > "$tmp/site.tar.xz"
+  cp .gpua/site.sha256 "$tmp/" && (cd "$tmp" && sha256sum -c site.sha256) \
+    || { echo "gpu_carry: the existing parts do not add up to site.tar.xz"; exit 3; }
+  split_parts "$tmp" && rm -rf "$tmp" && du -sh "${PARTS[@]}" ;;
 prepare)
   tmp=$(mktemp -d)
   "$PY" -m pip download -q --no-deps "${PLAT[@]}" -d "$tmp/whl" "${WHEELS[@]}"
   # Install here for the GPU machine's Python (pip keeps the binaries' exec bits; no .pyc).
   "$PY" -m pip install -q --no-deps --no-index --no-compile "${PLAT[@]}" --target "$tmp/site" "$tmp"/whl/*.whl
   tar -C "$tmp/site" -cf - . | xz -9e -T2 > "$tmp/site.tar.xz"
-  (cd "$tmp" && split -n 3 -d -a 1 site.tar.xz site.tar.xz.part && sha256sum site.tar.xz > site.sha256)
-  rm -rf "${PARTS[@]}" .gpur && mkdir -p "${PARTS[@]}" .gpur
-  for i in 0 1 2; do mv "$tmp/site.tar.xz.part$i" "${PARTS[$i]}/"; cp "$tmp/site.sha256" "${PARTS[$i]}/"; done
+  split_parts "$tmp"
+  rm -rf .gpur && mkdir -p .gpur
   for w in "${RENDER_WHEELS[@]}"; do cp "$tmp"/whl/"${w%%==*}"-"${w##*==}"-*.whl .gpur/; done
   rm -rf "$tmp"
   du -sh "${PARTS[@]}" .gpur ;;
@@ -60,10 +74,11 @@ stage)
   mkdir -p "$STAGE" && cp "$2"/* "$STAGE"/ && ls -la "$STAGE" ;;
 install)
   site=$2
-  for i in 0 1 2; do
+  for i in $(seq 0 $((N - 1))); do
     [ -f "$STAGE/site.tar.xz.part$i" ] || { echo "gpu_carry: part $i not staged in $STAGE (machine went cold between calls?)"; exit 3; }
   done
-  (cd "$STAGE" && cat site.tar.xz.part0 site.tar.xz.part1 site.tar.xz.part2 > site.tar.xz && sha256sum -c site.sha256)
+  (cd "$STAGE" && cat $(for i in $(seq 0 $((N - 1))); do echo site.tar.xz.part$i; done) > site.tar.xz \
+    && sha256sum -c site.sha256)
   mkdir -p "$site" && xz -dc -T0 "$STAGE/site.tar.xz" | tar -xf - -C "$site"
   # Console scripts were written with this machine's interpreter in their first line.
   for f in "$site"/bin/*; do
