@@ -5,20 +5,29 @@
     device:  (carried wheels installed, 14B test checkpoint written: see benchmarks/gpu_carry.sh)
              python benchmarks/gpu_run.py run --ckpt /tmp/s2v14b --inputs .gpuin --work /tmp/gpurun \
                  --steps 2 --out "$OUT"
+             python benchmarks/gpu_run.py run ... --only s720 --scrape-metrics 10 --prep-threads 14
 
 Few sampling steps keep the run inside one device call; 40-step figures are derived from the
 measured seconds per step (see benchmarks/results/gpu_run.md). Prints a table per shot and
 writes results.parquet, the run's logs and a JSON summary to --out.
+
+``--scrape-metrics S`` reads the run's Ray metrics endpoint (the port the driver log names as
+``metrics_export_port``: what the Ray dashboard and Prometheus read) every S seconds while
+`s2v run` renders and saves its ``s2v_*`` lines to --out/metrics/ (what the dashboard shows).
+``--only s720`` renders the 720p shot alone (two clips at 1280x704: fits one 10-minute call).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +58,66 @@ def make_inputs(folder: Path) -> None:
     print("inputs in", folder, sum(p.stat().st_size for p in folder.iterdir()) // 1024, "KiB")
 
 
+# The driver logs the Ray connection, e.g. "ray: {'address': ..., 'metrics_export_port': 38277}".
+_METRICS_PORT = re.compile(r"'metrics_export_port': (\d+)")
+
+
+class MetricsScraper:
+    """Reads the node's Prometheus endpoint while the run renders; keeps the ``s2v_`` lines.
+
+    Ray exports the run's custom metrics (cluster/metrics.py) there with a ``ray_`` prefix about
+    8 s after they are set, so the first scrapes may show none yet."""
+
+    def __init__(self, driver_log: Path, folder: Path, every_s: float):
+        self.driver_log, self.folder, self.every_s = driver_log, folder, every_s
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="metrics-scraper", daemon=True)
+        self.port: int | None = None
+        self.scrapes: list[dict] = []
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.thread.start()
+
+    def _find_port(self) -> int | None:
+        try:
+            m = _METRICS_PORT.search(self.driver_log.read_text(errors="replace"))
+        except OSError:
+            return None
+        return int(m.group(1)) if m else None
+
+    def scrape_once(self) -> dict:
+        """One read of the endpoint: the s2v_ lines to a file, a summary returned."""
+        t = time.time()
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                text = resp.read().decode("utf-8", errors="replace")
+        except OSError as exc:
+            return {"t": round(t, 1), "error": f"{type(exc).__name__}: {exc}"}
+        lines = [ln for ln in text.splitlines() if "s2v_" in ln]
+        name = self.folder / f"scrape_{len(self.scrapes):03d}.txt"
+        name.write_text(f"# {url} at {time.strftime('%H:%M:%S', time.gmtime(t))} UTC\n" + "\n".join(lines) + "\n")
+        return {"t": round(t, 1), "file": name.name, "lines": len(text.splitlines()), "s2v_lines": len(lines)}
+
+    def _loop(self) -> None:
+        while not self.stop_event.is_set() and self.port is None:
+            self.port = self._find_port()
+            self.stop_event.wait(1.0)
+        while not self.stop_event.is_set():
+            self.scrapes.append(self.scrape_once())
+            self.stop_event.wait(self.every_s)
+
+    def stop(self) -> dict:
+        self.stop_event.set()
+        self.thread.join(timeout=10)
+        summary = {"port": self.port, "scrapes": self.scrapes}
+        (self.folder / "scrapes.json").write_text(json.dumps(summary, indent=1))
+        with_s2v = [x for x in self.scrapes if x.get("s2v_lines")]
+        return {"port": self.port, "scrapes": len(self.scrapes), "with_s2v_lines": len(with_s2v),
+                "last": self.scrapes[-1] if self.scrapes else None}
+
+
 def run(a: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
@@ -65,11 +134,20 @@ def run(a: argparse.Namespace) -> int:
     write_manifest(rows, manifest)
     cmd = [sys.executable, "-m", "s2v", "run", str(manifest), "--run-dir", str(work / "run"), "--ckpt", a.ckpt,
            "--groups", "1", "--group-size", "1", "--allowed-root", "/"] + a.extra
+    if a.prep_threads:
+        cmd += ["--prep-threads", str(a.prep_threads)]
     print("+", " ".join(cmd), flush=True)
+    scraper = None
+    if a.scrape_metrics:
+        scraper = MetricsScraper(work / "run" / "logs" / "driver.log", out / "metrics", a.scrape_metrics)
+        scraper.start()
     t0 = time.time()
     rc = subprocess.call(cmd, cwd=ROOT)
     wall = time.time() - t0
     summary = {"exit": rc, "wall_s": round(wall, 1), "steps": a.steps, "cmd": cmd}
+    if scraper is not None:
+        summary["metrics"] = scraper.stop()
+        print(f"metrics: {summary['metrics']}")
     res = work / "run" / "results.parquet"
     if res.is_file():
         table = pq.read_table(res).to_pylist()
@@ -107,6 +185,10 @@ def main() -> int:
     r.add_argument("--out", required=True)
     r.add_argument("--steps", type=int, default=2)
     r.add_argument("--only", nargs="*", help="shot ids to include (default: all)")
+    r.add_argument("--scrape-metrics", type=float, default=0.0, metavar="S",
+                   help="read the Ray metrics endpoint every S seconds while rendering (0: off)")
+    r.add_argument("--prep-threads", type=int, default=0,
+                   help="torch threads of the preparation actor (umT5 and wav2vec on the CPU; 0: s2v run's default)")
     r.add_argument("extra", nargs=argparse.REMAINDER, help="more `s2v run` options after --")
     a = p.parse_args()
     if a.cmd == "inputs":

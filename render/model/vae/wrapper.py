@@ -49,6 +49,23 @@ class WanVAE:
         self.inv_std = (1.0 / torch.tensor(LATENT_STD, dtype=torch.float32)).to(device)
         if device.type != "meta":
             self.chunk_local  # noqa: B018 - decide once, and switch such a VAE to its 2-D convs
+        # Opt-in spatial tiling of the decode: (tile, overlap) in latent pixels, None = whole frames.
+        self.decode_tiles: tuple[int, int] | None = None
+
+    def set_decode_tiles(self, tile: int | None, overlap: int | None = None) -> None:
+        """Decode in spatial tiles of ``tile`` x ``tile`` latents (``overlap`` shared and blended;
+        default 8, at most half a tile); None decodes whole frames (the default, the official
+        decode). Tiled pixels differ slightly from whole-frame ones; the decode's peak memory is
+        that of one tile."""
+        if tile is None:
+            self.decode_tiles = None
+            return
+        if overlap is None:
+            overlap = min(8, tile // 2)
+        from render.model.vae.tiling import tile_spans
+
+        tile_spans(tile + 1, tile, overlap)  # checks the values
+        self.decode_tiles = (tile, overlap)
 
     @property
     def chunk_local(self) -> bool:
@@ -108,7 +125,13 @@ class WanVAE:
 
     @torch.no_grad()
     def _decode_chunks(self, z: torch.Tensor, batched: bool, clamp: bool) -> Iterator[torch.Tensor]:
-        for chunk in self.model.decode_stream(z):
+        if self.decode_tiles is None:
+            stream = self.model.decode_stream(z)
+        else:
+            from render.model.vae.tiling import decode_stream_tiled
+
+            stream = decode_stream_tiled(self.model, z, *self.decode_tiles)
+        for chunk in stream:
             chunk = chunk.float()
             if clamp:
                 chunk = chunk.clamp_(-1.0, 1.0)
