@@ -14,9 +14,12 @@ every stage for a few steps, which is what the tests do):
    unconstrained VAE instead. A VAE can be trained over several runs (``--vae-only``, then
    ``--init-vae F --vae-finetune``) and the DiT on top of it (``--init-vae F``).
 2. Data: generated 15-s videos of characters speaking corpus or procedural speech; each gives
-   "motion" windows (73 frames of context + an 80-frame clip, encoded together as 39 latents,
-   the first 19 of which are exactly what the renderer's motion hand-off encodes) and "first
-   clip" windows (reference frame + 80 frames = 21 latents, the first being the reference).
+   "motion" windows (73 frames of context + an 80-frame clip = 39 latents: 19 motion latents,
+   the same frames as the renderer's motion hand-off, and the clip's 20) and "first clip"
+   windows (reference frame + 80 frames = 21 latents, the first being the reference). By default
+   the motion latents encode the ground-truth frames; ``--handoff renderer`` makes them as the
+   renderer does - the previous clip decoded, optionally perturbed, re-encoded (windows.py) -
+   so the DiT learns to continue the decoded frames a chain really hands on.
 3. DiT: our S2V DiT (render/dit, the same code as the 14B) with flow matching, the official
    conditioning (reference latents, FramePack motion, per-frame audio injection, zero-timestep
    modulation, text), unconditional = negative prompt + zero audio for 10% of samples (the
@@ -59,8 +62,16 @@ from tinymodel.export import (
 )
 from tinymodel.faces import FPS, Motion, motion_for_audio, random_character, reference_frame, render_character
 from tinymodel.speech import SAMPLE_RATE, Corpus, speech_track
+from tinymodel.windows import (
+    CLIP_FRAMES,
+    HANDOFF_LEAD,
+    MOTION_FRAMES,
+    MOTION_LATENTS,
+    clip_audio_frames,
+    handoff_window_latents,
+    motion_window_starts,
+)
 
-MOTION_FRAMES, MOTION_LATENTS, CLIP_FRAMES, CLIP_LATENTS = 73, 19, 80, 20
 VIDEO_FRAMES = 241  # 15 s + 1 frame per generated video
 
 
@@ -286,6 +297,7 @@ def build_data(args, vae: WanVAEModel, audio_enc, corpus: Corpus | None, dev, fh
     motion_lat, motion_aud, motion_ref, first_lat, first_aud, refs = [], [], [], [], [], []
     v = 0
     group = 4 if args.smoke else 16
+    handoff_gen = torch.Generator(device=dev).manual_seed(args.seed * 7919 + 17)
     while v < args.max_videos and (time.time() - t0 < budget or v == 0):
         clips, clip_kind, ref_pixels = [], [], []
         for _ in range(group):
@@ -298,10 +310,13 @@ def build_data(args, vae: WanVAEModel, audio_enc, corpus: Corpus | None, dev, fh
             feats = frame_features(audio_enc, audio, VIDEO_FRAMES, FPS)[0, 0].to(dev)  # [C, T]
             ref_pixels.append(ref)
             ref_id = len(refs) + len(ref_pixels) - 1
-            for s in rng.choice(VIDEO_FRAMES - MOTION_FRAMES - CLIP_FRAMES + 1, 3, replace=False):
-                clips.append(frames[:, s:s + MOTION_FRAMES + CLIP_FRAMES])
+            for s in motion_window_starts(rng, VIDEO_FRAMES, args.handoff):
+                # With --handoff renderer the window also holds the HANDOFF_LEAD frames before its
+                # motion frames: the previous clip the renderer would hand on (see windows.py).
+                lead = HANDOFF_LEAD if args.handoff == "renderer" else 0
+                clips.append(frames[:, s - lead:s + MOTION_FRAMES + CLIP_FRAMES])
                 clip_kind.append("m")
-                motion_aud.append(feats[:, s + MOTION_FRAMES:s + MOTION_FRAMES + CLIP_FRAMES].half())
+                motion_aud.append(feats[:, clip_audio_frames(s)].half())
                 motion_ref.append(ref_id)
             for s in rng.choice(VIDEO_FRAMES - CLIP_FRAMES + 1, 2, replace=False):
                 clips.append(torch.cat([ref[:, None], frames[:, s:s + CLIP_FRAMES]], dim=1))
@@ -310,7 +325,8 @@ def build_data(args, vae: WanVAEModel, audio_enc, corpus: Corpus | None, dev, fh
             v += 1
         if not args.vae_folded:
             # Normalise on real training windows (long clips, as the renderer encodes them).
-            raw = vae.encode_mu(torch.stack([c for c, k in zip(clips, clip_kind) if k == "m"][:8]))
+            raw = vae.encode_mu(torch.stack([c[:, -MOTION_FRAMES - CLIP_FRAMES:]
+                                             for c, k in zip(clips, clip_kind) if k == "m"][:8]))
             raw = raw.transpose(0, 1).flatten(1)
             fold_latent_normalisation(vae, raw.mean(1), raw.std(1).clamp_min(1e-3))
             args.vae_folded = True
@@ -319,7 +335,11 @@ def build_data(args, vae: WanVAEModel, audio_enc, corpus: Corpus | None, dev, fh
         for kind in ("m", "f"):
             batch = torch.stack([c for c, k in zip(clips, clip_kind) if k == kind])
             for chunk in batch.split(16):
-                lat = encode_norm(vae, chunk).to(torch.bfloat16)
+                if kind == "m" and args.handoff == "renderer":
+                    lat = handoff_window_latents(WanVAE(vae), chunk, args.handoff_latent_noise, args.handoff_colour,
+                                                 handoff_gen).to(torch.bfloat16)
+                else:
+                    lat = encode_norm(vae, chunk).to(torch.bfloat16)
                 (motion_lat if kind == "m" else first_lat).append(lat)
         if v % 160 == 0 or args.smoke:
             log(f"data: {v} videos ({time.time() - t0:.0f} s)", fh)
@@ -364,7 +384,8 @@ def contexts(template: Path, text_len: int, dev) -> tuple[list[torch.Tensor], to
 
 
 def dit_batch(model: S2VDiT, data: dict, prompts, negative, batch: int, first_clip: bool,
-              uncond_p: float, shift: float, dev) -> torch.Tensor:
+              uncond_p: float, shift: float, dev, boundary_weight: float = 1.0,
+              boundary_latents: int = 2) -> torch.Tensor:
     n = len(data["first_lat" if first_clip else "motion_lat"])
     idx = torch.randint(0, n, (batch,), device=dev)
     if first_clip:
@@ -388,7 +409,13 @@ def dit_batch(model: S2VDiT, data: dict, prompts, negative, batch: int, first_cl
     s = sigma.view(-1, 1, 1, 1, 1)
     xt = (1 - s) * x0 + s * noise
     pred = model.denoise(xt, sigma * 1000, cond)
-    return F.mse_loss(pred.float(), noise - x0)
+    if boundary_weight == 1.0 or first_clip:
+        return F.mse_loss(pred.float(), noise - x0)
+    # The first latents after the motion frames are the ones a seam shows: weight them up.
+    err = (pred.float() - (noise - x0)).pow(2).mean(dim=(0, 1, 3, 4))  # per latent frame
+    w = torch.ones_like(err)
+    w[:boundary_latents] = boundary_weight
+    return (w * err).sum() / w.sum()
 
 
 def train_dit(args, data: dict, prompts, negative, dev, fh) -> tuple[S2VDiT, S2VDiT]:
@@ -413,7 +440,8 @@ def train_dit(args, data: dict, prompts, negative, dev, fh) -> tuple[S2VDiT, S2V
             g["lr"] = lr
         first = bool(torch.rand(()) < args.first_clip_p)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            loss = dit_batch(model, data, prompts, negative, args.batch, first, 0.1, args.shift, dev)
+            loss = dit_batch(model, data, prompts, negative, args.batch, first, 0.1, args.shift, dev,
+                             args.boundary_weight, args.boundary_latents)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -478,6 +506,18 @@ def parse_args(argv=None):
     ap.add_argument("--vae-only", action="store_true", help="train and write only the VAE (use all of --minutes)")
     ap.add_argument("--vae-finetune", action="store_true", help="keep training the --init-vae VAE")
     ap.add_argument("--init-dit", default=None, help="continue from DiT weights (safetensors)")
+    ap.add_argument("--handoff", choices=("ground-truth", "renderer"), default="ground-truth",
+                    help="motion latents of the DiT's windows: encoded ground-truth frames (the original recipe) "
+                         "or made as the renderer hands a clip on (decoded, re-encoded; tinymodel/windows.py)")
+    ap.add_argument("--handoff-latent-noise", type=float, default=0.0,
+                    help="with --handoff renderer: noise (std up to this, per window) on the previous clip's "
+                         "latents before decoding, a stand-in for the sampler's errors")
+    ap.add_argument("--handoff-colour", type=float, default=0.0,
+                    help="with --handoff renderer: random per-channel gain/offset (up to this) of the handed "
+                         "frames, so the DiT takes colours from the reference rather than copying drift")
+    ap.add_argument("--boundary-weight", type=float, default=1.0,
+                    help="loss weight of the first --boundary-latents latents after the motion frames")
+    ap.add_argument("--boundary-latents", type=int, default=2)
     ap.add_argument("--eval-samples", type=int, default=4)
     ap.add_argument("--smoke", action="store_true", help="a few steps of every stage (tests)")
     return ap.parse_args(argv)
@@ -497,6 +537,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--size {args.size}: expected a multiple of 16, at least 64")
     if args.vae_crop and (args.vae_crop % 16 or args.vae_crop < 32):
         raise SystemExit(f"--vae-crop {args.vae_crop}: expected 0 or a multiple of 16, at least 32")
+    if args.handoff == "ground-truth" and (args.handoff_latent_noise or args.handoff_colour):
+        raise SystemExit("--handoff-latent-noise / --handoff-colour need --handoff renderer")
     if (args.vae_long_frames - 1) % 4:
         raise SystemExit(f"--vae-long-frames {args.vae_long_frames}: expected 1 + 4k")
     dev = torch.device(args.device)

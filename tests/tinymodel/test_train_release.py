@@ -40,21 +40,23 @@ def _run(tmp_path: Path, *extra: str) -> list[list[str]]:
     return [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
 
 
-def test_recipe_chains_six_stages_with_valid_flags_and_resumes(tmp_path):
+def test_recipe_chains_seven_stages_with_valid_flags_and_resumes(tmp_path):
     work = tmp_path / "work"
     calls = _run(tmp_path)
-    assert [c[c.index("--out") + 1] for c in calls] == [str(work / str(n)) for n in range(1, 7)]
+    assert [c[c.index("--out") + 1] for c in calls] == [str(work / str(n)) for n in range(1, 8)]
     for c in calls:
         parse_args(c)  # every flag of the recipe exists in the training script (SystemExit otherwise)
     init_vae = [c[c.index("--init-vae") + 1] if "--init-vae" in c else None for c in calls]
     assert init_vae == [None, str(work / "1" / "Wan2.1_VAE.pth"), str(work / "2" / "Wan2.1_VAE.pth")] + [
-        str(work / "3" / "Wan2.1_VAE.pth")] * 3
+        str(work / "3" / "Wan2.1_VAE.pth")] * 4
     dit = "ckpt/diffusion_pytorch_model.safetensors"
-    assert [c[c.index("--init-dit") + 1] for c in calls[4:]] == [str(work / "4" / dit), str(work / "5" / dit)]
+    assert [c[c.index("--init-dit") + 1] for c in calls[4:]] == [str(work / str(n) / dit) for n in (4, 5, 6)]
     assert all("--vae-only" in c for c in calls[:3]) and not any("--vae-only" in c for c in calls[3:])
     assert all("--vae-finetune" in c for c in calls[1:3])
     seeds = [c[c.index("--seed") + 1] if "--seed" in c else "0" for c in calls[3:]]
-    assert seeds == ["0", "1", "2"]  # new characters for each DiT stage
+    assert seeds == ["0", "1", "2", "3"]  # new characters for each DiT stage
+    # Stage 7 trains on the renderer's hand-off (the seams), the earlier ones on ground truth.
+    assert [parse_args(c).handoff for c in calls[3:]] == ["ground-truth"] * 3 + ["renderer"]
 
     assert _run(tmp_path) == []  # every stage finished: nothing runs again
     (work / "5" / dit).unlink()
@@ -68,6 +70,6 @@ def test_one_stage_and_ship(tmp_path):
     _run(tmp_path)
     assert _run(tmp_path, "ship") == []
     ship = tmp_path / "ship"
-    assert (ship / "diffusion_pytorch_model.safetensors").read_text() == f"dit {tmp_path / 'work' / '6'}"
+    assert (ship / "diffusion_pytorch_model.safetensors").read_text() == f"dit {tmp_path / 'work' / '7'}"
     assert (ship / "Wan2.1_VAE.pth").read_text() == f"vae {tmp_path / 'work' / '3'}"
     assert (ship / "config.json").is_file()

@@ -76,3 +76,27 @@ def test_vae_temporal_option_trains_the_past_taps(tmp_path):
     main(["--out", str(tmp_path), "--smoke", "--vae-only", "--vae-temporal", "--device", "cpu", "--size", "64",
           "--minutes", "30", "--vae-pool", "4", "--vae-batch", "2"])
     assert not load_vae(tmp_path / VAE_FILE).chunk_local
+
+
+@pytest.mark.slow  # ~21 s with one torch thread
+def test_dit_stage_on_renderer_hand_offs_runs(tmp_path):
+    """--handoff renderer (perturbed hand-offs, boundary weight) trains from a given VAE and DiT."""
+    from tinymodel.export import SHIPPED_DIR
+    from tinymodel.train import main
+
+    metrics = main(["--out", str(tmp_path), "--smoke", "--device", "cpu", "--size", "64", "--minutes", "30",
+                    "--max-videos", "4", "--eval-samples", "0", "--batch", "2", "--vae-share", "0",
+                    "--init-vae", str(SHIPPED_DIR / VAE_FILE),
+                    "--init-dit", str(SHIPPED_DIR / "diffusion_pytorch_model.safetensors"),
+                    "--handoff", "renderer", "--handoff-latent-noise", "0.3", "--handoff-colour", "0.05",
+                    "--boundary-weight", "3"])
+    assert metrics["videos"] == 4 and metrics["dit_steps"] >= 1
+    assert torch.isfinite(torch.tensor(metrics["dit_loss_last500"]))
+    assert (tmp_path / "ckpt" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_handoff_perturbations_need_the_renderer_hand_off(tmp_path):
+    from tinymodel.train import main
+
+    with pytest.raises(SystemExit, match="--handoff renderer"):
+        main(["--out", str(tmp_path), "--handoff-latent-noise", "0.3"])
