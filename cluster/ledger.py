@@ -18,6 +18,9 @@ Layout (every file written by temp + fsync + rename; a reader never sees a parti
                                      per clip (written by the group's writer rank after each clip;
                                      cluster.progress)
     shots/<shot_id>/published.json   written right after the final MP4 was published
+    shots/<shot_id>/qa.json, qa-curves.json, qa.png, seams.png
+                                     the published shot's quality curves, plot and seam sheet
+                                     (render.quality.curves; cluster.results.record_shot_qa)
     segments/<shot_id>/<index>.json  commit record of a finished segment (after its media fsync)
     work/<shot_id>/segment_NNNN/     a segment's intermediate (render.shot.segment: per-clip
                                      commits); removed once the shot is published
