@@ -189,7 +189,7 @@ def _prepare_run_dir(run: RunDir, shots: list[Shot], req: RunRequest,
         _say(f"--restart: discarding the state in {run.path} (old logs kept under logs/previous/)")
         run.reset()
         record = None
-    env = environment(req.settings)
+    env = environment(req.settings, req.engine.prep_text_encoder_device)
     hashes = InputHashes(run.hashes_file)
     try:
         keys = {s.shot_id: shot_key(s, req.settings, env, hashes) for s in shots}

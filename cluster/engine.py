@@ -187,7 +187,7 @@ class RunEngine:
         directory, so a replacement actor skips whatever a dead one already wrote)."""
         name = f"s2v-{self.run_id}-prep" + (f"-r{self.prep_restarts}" if self.prep_restarts else "")
         self.prep_actor = PrepActor.options(num_cpus=1, name=name).remote(
-            str(self.run.path), self.settings.to_dict(), self.opts.prep_threads)
+            str(self.run.path), self.settings.to_dict(), self.opts.prep_threads, self.opts.prep_text_encoder_device)
         for chunk in chunks:
             ref = self.prep_actor.prepare.remote([self.shots[s] for s in chunk],
                                                  [self.plans[s].to_dict() for s in chunk])

@@ -51,6 +51,10 @@ _INPUT_COLUMNS = ("audio", "image", "pose_video")
 # Manifest columns that are not render columns: inputs (hashed by content), the output (encode
 # half) and the scheduling columns.
 _ROW_NOT_RENDER = frozenset({"shot_id", *_INPUT_COLUMNS, "output", "priority", "sequence", "order"})
+# Fast mode is keyed by its effective value (the row's cell, else the run's --fast) and only when
+# on, so that shots rendered before the option existed keep their keys (they would otherwise all
+# render again under a pinned S2V_CODE_VERSION).
+_FAST = "fast"
 
 
 def json_digest(obj: object) -> str:
@@ -95,9 +99,13 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
-def environment(settings: RunSettings) -> dict[str, str]:
-    """The run-wide parts of every shot's key (computed once per start)."""
-    return {"model": model_digest(settings.ckpt), "code": code_digest()}
+def environment(settings: RunSettings, text_encoder_device: str = "cpu") -> dict[str, str]:
+    """The run-wide parts of every shot's key (computed once per start). Prompts embedded by umT5
+    on a GPU differ from the CPU's at rounding level, so where umT5 runs is part of the code."""
+    code = code_digest()
+    if text_encoder_device != "cpu":
+        code = json_digest([code, "text encoder on", text_encoder_device.split(":")[0]])
+    return {"model": model_digest(settings.ckpt), "code": code}
 
 
 class InputHashes:
@@ -152,9 +160,11 @@ class ShotKey:
 def shot_key(shot: Shot, settings: RunSettings, env: dict[str, str], hashes: InputHashes) -> ShotKey:
     row = shot.to_row()
     inputs = {c: (hashes.digest(row[c]) if row.get(c) else None) for c in _INPUT_COLUMNS}
-    render_row = {k: v for k, v in row.items() if k not in _ROW_NOT_RENDER}
-    run = {k: v for k, v in settings.to_dict().items() if k not in _RUN_NOT_FRAMES}
-    parts = {"inputs": json_digest(inputs), "render": json_digest([render_row, run]), "model": env["model"], "code": env["code"]}
+    render_row = {k: v for k, v in row.items() if k not in _ROW_NOT_RENDER and k != _FAST}
+    run = {k: v for k, v in settings.to_dict().items() if k not in _RUN_NOT_FRAMES and k != _FAST}
+    fast = shot.fast if shot.fast is not None else settings.fast
+    render = [render_row, run] + ([{_FAST: True}] if fast else [])
+    parts = {"inputs": json_digest(inputs), "render": json_digest(render), "model": env["model"], "code": env["code"]}
     encode = json_digest([{k: getattr(settings, k) for k in ENCODE_SETTINGS}, str(shot.output)])
     parts["encode"] = encode
     return ShotKey(json_digest([parts[p] for p in FRAME_PARTS]), encode, parts)

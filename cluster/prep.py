@@ -32,10 +32,16 @@ def save_obj(path: Any, obj: Any) -> None:
 class PrepWorker:
     """Wrapped with ``ray.remote`` by the driver."""
 
-    def __init__(self, run_dir: str, settings: dict[str, Any], cpu_threads: int = 1):
+    def __init__(self, run_dir: str, settings: dict[str, Any], cpu_threads: int = 1,
+                 text_encoder_device: str = "cpu"):
         torch.set_num_threads(max(1, cpu_threads))
         self.run = RunDir(run_dir)
         self.settings = RunSettings.from_dict(settings)
+        # "cpu" (default): umT5 stays loaded in host memory for the actor's later chunks. A GPU:
+        # umT5 (10.6 GiB in bf16) is loaded for each chunk's prompts and released right after
+        # encoding, so it shares the card with the render group's DiT only for seconds; worth it
+        # where the CPU encode is what the first segment waits for (see EngineOptions).
+        self.text_encoder_device = text_encoder_device
         self._encoder = None
         self._pipe = None
 
@@ -50,9 +56,18 @@ class PrepWorker:
             ckpt = Path(self.settings.ckpt)
             text_len = DiTConfig.from_json(ckpt / "config.json").text_len
             dtype = getattr(torch, self.settings.text_encoder_dtype)
-            self._encoder = load_text_encoder(ckpt / T5_FILE, ckpt / TOKENIZER_DIR, device="cpu", dtype=dtype,
-                                              text_len=text_len)
+            self._encoder = load_text_encoder(ckpt / T5_FILE, ckpt / TOKENIZER_DIR, device=self.text_encoder_device,
+                                              dtype=dtype, text_len=text_len)
         return self._encoder
+
+    def _embed(self, texts: list[str]) -> None:
+        try:
+            for text, emb in zip(texts, self._text_encoder().encode(texts)):
+                save_obj(self.run.prompt_file(text), emb.float().cpu().contiguous())
+        finally:
+            if self.text_encoder_device != "cpu":  # never left on the render group's card
+                self.release_text_encoder()
+        log.info("embedded %d prompts on %s", len(texts), self.text_encoder_device)
 
     def prepare(self, shots: list[Any], plans: list[dict[str, Any]]) -> dict[str, str | None]:
         """Embed the shots' missing prompts and compute their missing features.
@@ -64,9 +79,7 @@ class PrepWorker:
 
         todo = sorted({p for s in shots for p in shot_prompts(s.prompt, s.negative_prompt) if not self.run.prompt_file(p).is_file()})
         if todo:
-            for text, emb in zip(todo, self._text_encoder().encode(todo)):
-                save_obj(self.run.prompt_file(text), emb.float().cpu().contiguous())
-            log.info("embedded %d prompts", len(todo))
+            self._embed(todo)
         outcome: dict[str, str | None] = {}
         for shot, raw_plan in zip(shots, plans):
             plan = ShotPlan.from_dict(raw_plan)

@@ -45,6 +45,8 @@ class RunSettings:
     segment_seconds: float = DEFAULT_TARGET_SECONDS
     overlap_seconds: float = DEFAULT_OVERLAP_SECONDS
     min_parallel_seconds: float = DEFAULT_MIN_PARALLEL_SECONDS
+    # --fast: fast mode's sampling for every shot whose manifest ``fast`` cell is null
+    fast: bool = False
 
     def __post_init__(self) -> None:
         # The run-wide render parameters are checked now, by RenderSettings' own rules, so a bad
@@ -62,12 +64,18 @@ class RunSettings:
                               overlap_seconds=self.overlap_seconds, min_parallel_seconds=self.min_parallel_seconds)
 
     def render_settings(self, shot: Shot) -> RenderSettings:
-        """The shot's settings (RenderSettings checks them on construction)."""
-        return RenderSettings(
+        """The shot's settings (RenderSettings checks them on construction); a shot's ``fast``
+        cell, or the run's --fast where it is null, adds fast mode's sampling fields."""
+        settings = RenderSettings(
             size=shot.size, steps=shot.steps, guidance=shot.guidance, shift=shot.shift,
             sampler=shot.sampler, seed=shot.seed, negative_prompt=shot.negative_prompt,
             **self._run_render_fields(),
         )
+        if shot.fast if shot.fast is not None else self.fast:
+            from render.model.fast.preset import apply_fast
+
+            settings = apply_fast(settings)
+        return settings
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,6 +103,11 @@ class EngineOptions:
     prep_max_restarts: int = 3  # restarts of a dead preparation actor before its unfinished shots fail
     cpu_threads_per_rank: int = 1  # torch threads of a rank on CPU
     prep_threads: int = 4  # torch threads of the preparation actor (umT5 and wav2vec run on CPU)
+    # Where the preparation actor runs umT5: "cpu" (default; ~1 min for 4 prompts in float32 on 16
+    # cores, which the first segment of a run waits for) or "cuda" (the node's GPU, loaded per
+    # chunk of prompts and released at once: seconds, but 10.6 GiB (bf16) / 21 GiB (float32) on
+    # the render group's card for that time, so only where the card has that room).
+    prep_text_encoder_device: str = "cpu"
     results_interval_s: float = 30.0  # results.parquet is rewritten at most this often during a run
     keep_work: bool = False  # keep segment intermediates after a shot is published
     parallel: str = "auto"  # parallel dims of a group: "auto" or e.g. "ulysses=2,cfg=2,shard_weights=1"
@@ -117,6 +130,9 @@ class EngineOptions:
                             "several (use one or the other)")
         if self.prep_max_restarts < 0:
             problems.append(f"prep_max_restarts {self.prep_max_restarts}: expected >= 0")
+        dev = self.prep_text_encoder_device
+        if not (dev in ("cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            problems.append(f"text encoder device {dev!r}: expected 'cpu', 'cuda' or 'cuda:N'")
         if problems:
             raise ValueError("; ".join(problems))
         if self.parallel != "auto":

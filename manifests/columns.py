@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from manifests.problems import Problem, short_repr
 from manifests.schema import (
+    BOOL,
     COLUMN_BY_NAME,
     COLUMNS,
     FLOAT,
@@ -36,6 +37,7 @@ _EXPECTED = {
     PATH: "a string column (file path)",
     INT: "an integer column (any width)",
     FLOAT: "a float or integer column",
+    BOOL: "a boolean column",
 }
 
 
@@ -66,6 +68,8 @@ def _type_fits(kind: str, t: pa.DataType) -> bool:
         return True
     if kind in (STRING, PATH):
         return _is_string_type(t)
+    if kind == BOOL:
+        return pa.types.is_boolean(t)
     # INT accepts floats too (integral values only, checked per cell); FLOAT accepts ints.
     return pa.types.is_integer(t) or pa.types.is_floating(t)
 

@@ -88,6 +88,12 @@ def _shift(value: float) -> float:
     return value
 
 
+def _flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise CellError("type", f"{name} must be true or false")
+    return value
+
+
 # Value checks by column for non-path columns; each returns the normalised value or raises.
 _VALUE_CHECKS = {
     "shot_id": lambda v: _identifier(v, "shot_id"),
@@ -103,6 +109,7 @@ _VALUE_CHECKS = {
     "sequence": lambda v: _identifier(v, "sequence"),
     "order": lambda v: _int_in(v, 0, INT64_RANGE[1], "order"),
     "segment_mode": lambda v: _choice(v, SEGMENT_MODES, "segment_mode"),
+    "fast": lambda v: _flag(v, "fast"),
 }
 
 _MEDIA_RULES = {"audio": "undecodable-audio", "pose_video": "undecodable-video"}

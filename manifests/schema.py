@@ -60,13 +60,13 @@ INT64_RANGE = (-(2**63), 2**63 - 1)
 
 # --- columns ------------------------------------------------------------------------------------
 
-STRING, PATH, INT, FLOAT = "string", "path", "int", "float"
+STRING, PATH, INT, FLOAT, BOOL = "string", "path", "int", "float", "bool"
 
 
 @dataclass(frozen=True)
 class ColumnSpec:
     name: str
-    kind: str  # STRING, PATH, INT or FLOAT
+    kind: str  # STRING, PATH, INT, FLOAT or BOOL
     required: bool
     default: Any
     arrow_type: pa.DataType
@@ -93,6 +93,8 @@ COLUMNS: tuple[ColumnSpec, ...] = (
     ColumnSpec("sequence", STRING, False, None, pa.string(), "groups shots into one film"),
     ColumnSpec("order", INT, False, None, pa.int64(), "position in the film, >= 0"),
     ColumnSpec("segment_mode", STRING, False, DEFAULT_SEGMENT_MODE, pa.string(), "|".join(SEGMENT_MODES)),
+    ColumnSpec("fast", BOOL, False, None, pa.bool_(),
+               "fast mode's sampling (step cache, fewer unconditional forwards); null -> the run's --fast"),
 )
 COLUMN_BY_NAME: dict[str, ColumnSpec] = {c.name: c for c in COLUMNS}
 REQUIRED_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.required)
@@ -153,6 +155,7 @@ class Shot:
     sequence: str | None = None
     order: int | None = None
     segment_mode: str = DEFAULT_SEGMENT_MODE
+    fast: bool | None = None  # None: the run's --fast decides
     row: int | None = field(default=None, compare=False)  # 0-based row in the source manifest
 
     @property
@@ -176,6 +179,8 @@ def _fits(kind: str, value: Any) -> bool:
         return True
     if kind in (STRING, PATH):
         return isinstance(value, str)
+    if kind == BOOL:
+        return isinstance(value, bool)
     if isinstance(value, bool):  # bool is an int subclass, but never a valid number here
         return False
     return isinstance(value, int) if kind == INT else isinstance(value, int | float)

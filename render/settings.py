@@ -99,6 +99,14 @@ SAMPLERS: tuple[str, ...] = ("unipc", "dpm++")
 # "cpu": noise is a pure function of (seed, segment, clip) on any device; "official-cuda": the
 # official bf16 CUDA generator stream seeded seed + clip (bit parity with the official code).
 NOISE_MODES: tuple[str, ...] = ("cpu", "official-cuda")
+# Step caching (render.model.fast.step_cache): "off" runs every DiT forward; "residual" reuses the
+# blocks' last residual on steps where the input barely changed; "audio" does the same but
+# recomputes the conditional row's audio injections on the skipped steps.
+STEP_CACHE_MODES: tuple[str, ...] = ("off", "residual", "audio")
+# What the next clip of a chain is conditioned on (render.model.handoff): "pixels" re-encodes the
+# last decoded motion frames (official); "latents" takes them from the sampled latents (no lossy
+# decode -> encode round trip; needs a clip's kept frames to cover motion_frames - 1).
+MOTION_HANDOFFS: tuple[str, ...] = ("pixels", "latents")
 
 # --- long shots (segments) ------------------------------------------------------------------------
 
@@ -148,6 +156,22 @@ class RenderSettings:
     cfg_batch: bool = True  # conditional + unconditional as one batch of 2 (same math)
     noise: str = "cpu"  # one of NOISE_MODES
     crf: int = 18
+    # --- fast mode (render.model.fast); the defaults run every forward (the exact path) ---
+    step_cache: str = "off"  # one of STEP_CACHE_MODES
+    # Accumulated relative change of the first block's modulated input above which a step is
+    # computed again; 0 computes every step (the cache then only records).
+    step_cache_threshold: float = 0.0
+    step_cache_max_skips: int = 2  # longest run of skipped steps (binds at high step counts)
+    # The unconditional branch runs on the first cfg_until fraction of the steps, every
+    # cfg_every-th step there; other steps reuse its last cond-uncond difference. 1.0 / 1 = exact.
+    cfg_until: float = 1.0
+    cfg_every: int = 1
+    # --- long-form countermeasures (render.model.handoff); the defaults are the official hand-off ---
+    motion_handoff: str = "pixels"  # one of MOTION_HANDOFFS
+    # Fraction (0..1) by which each clip's Lab colour mean/std move toward the reference's.
+    colour_anchor: float = 0.0
+    # Fraction (0..1) by which the oldest motion latents move toward a still reference's.
+    identity_anchor: float = 0.0
 
     def __post_init__(self) -> None:
         problems = self._problems()
@@ -199,6 +223,27 @@ class RenderSettings:
         lo, hi = CRF_RANGE
         if not (_is_int(self.crf) and lo <= self.crf <= hi):
             bad("crf", f"an integer in [{lo}, {hi}]")
+        if self.step_cache not in STEP_CACHE_MODES:
+            bad("step_cache", f"one of {', '.join(repr(m) for m in STEP_CACHE_MODES)}")
+        t = self.step_cache_threshold
+        if not (_is_real(t) and math.isfinite(t) and 0 <= t <= 10):
+            bad("step_cache_threshold", "a finite number in [0, 10] (0 = compute every step)")
+        if not (_is_int(self.step_cache_max_skips) and 1 <= self.step_cache_max_skips <= STEPS_RANGE[1]):
+            bad("step_cache_max_skips", f"an integer in [1, {STEPS_RANGE[1]}]")
+        if not (_is_real(self.cfg_until) and math.isfinite(self.cfg_until) and 0 < self.cfg_until <= 1):
+            bad("cfg_until", "a fraction of the steps in (0, 1] (1 = every step)")
+        if not (_is_int(self.cfg_every) and 1 <= self.cfg_every <= STEPS_RANGE[1]):
+            bad("cfg_every", f"an integer in [1, {STEPS_RANGE[1]}] (1 = every step)")
+        if self.motion_handoff not in MOTION_HANDOFFS:
+            bad("motion_handoff", f"one of {', '.join(repr(m) for m in MOTION_HANDOFFS)}")
+        elif (self.motion_handoff == "latents" and _is_int(self.infer_frames) and _is_int(self.motion_frames)
+              and self.infer_frames - 3 * bool(self.official_frame_drop) < self.motion_frames - 1):
+            bad("motion_handoff", "'pixels' when a clip keeps fewer than motion_frames - 1 frames (the latent "
+                "hand-off takes all but the first motion frame from one clip's sampled latents)")
+        for name in ("colour_anchor", "identity_anchor"):
+            v = getattr(self, name)
+            if not (_is_real(v) and math.isfinite(v) and 0 <= v <= 1):
+                bad(name, "a fraction in [0, 1] (0 = off)")
         return problems
 
     @property

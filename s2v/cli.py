@@ -65,6 +65,22 @@ def _add_render_options(p: argparse.ArgumentParser) -> None:
                    help="for GPUs smaller than the model (bf16 DiT 30.4 GiB): keep the DiT's 40 blocks in pinned "
                         "host memory (~27 GiB of pinned RAM) and stream each to the GPU one block ahead; same frames, "
                         "slower when the copies do not hide behind the compute")
+    p.add_argument("--vae-tile", type=int, default=None, metavar="N",
+                   help="decode in spatial tiles of NxN latents (8N pixels, overlap min(8, N/2) latents, blended): the VAE "
+                        "decode's memory becomes one tile's; changes pixels slightly (default: whole frames)")
+    p.add_argument("--fast", action="store_true",
+                   help="fast mode: step caching that keeps the audio injection exact, the unconditional branch "
+                        "on fewer steps, and where the GPU has them fp8 linears, bf16 VAE and FlashAttention-4; "
+                        "prints what it turned on (quality cost: benchmarks/results/fast_mode.md)")
+    p.add_argument("--motion-handoff", default=d.motion_handoff, choices=("pixels", "latents"),
+                   help="what the next clip is conditioned on: re-encoded decoded frames (pixels, official) or the "
+                        "sampled latents (no lossy round trip; benchmarks/results/long_form_quality.md)")
+    p.add_argument("--colour-anchor", type=float, default=d.colour_anchor, metavar="S",
+                   help="move each clip's Lab colour mean/std this fraction (0..1) toward the reference's: "
+                        "long chains cannot drift in colour (default 0 = off)")
+    p.add_argument("--identity-anchor", type=float, default=d.identity_anchor, metavar="W",
+                   help="blend the oldest motion latents this fraction (0..1) toward a still reference "
+                        "(default 0 = off)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -73,10 +89,17 @@ def _settings(a: argparse.Namespace):
     the manifest's too): a ValueError naming every bad field, before any model is loaded."""
     from render.settings import RenderSettings
 
-    return RenderSettings(size=a.size, steps=a.steps, guidance=a.guidance, shift=a.shift, sampler=a.sampler,
-                          seed=a.seed, negative_prompt=a.negative_prompt, crf=a.crf,
-                          official_frame_drop=a.official_frame_drop, start_from_ref=a.start_from_ref,
-                          cfg_batch=not a.no_cfg_batch, decode_context_latents=a.decode_context)
+    settings = RenderSettings(size=a.size, steps=a.steps, guidance=a.guidance, shift=a.shift, sampler=a.sampler,
+                              seed=a.seed, negative_prompt=a.negative_prompt, crf=a.crf,
+                              official_frame_drop=a.official_frame_drop, start_from_ref=a.start_from_ref,
+                              cfg_batch=not a.no_cfg_batch, decode_context_latents=a.decode_context,
+                              motion_handoff=a.motion_handoff, colour_anchor=a.colour_anchor,
+                              identity_anchor=a.identity_anchor)
+    if getattr(a, "fast", False):
+        from render.model.fast.preset import apply_fast
+
+        settings = apply_fast(settings)
+    return settings
 
 
 def _device(name: str | None):
@@ -114,10 +137,20 @@ def cmd_render_shot(a: argparse.Namespace) -> int:
     import torch
 
     vae_dtype = torch.bfloat16 if a.vae_dtype == "bf16" else torch.float32
+    if a.fast:
+        from render.model.fast.preset import fast_plan
+
+        plan = fast_plan(device)
+        a.fp8 = a.fp8 or plan.fp8
+        vae_dtype = torch.bfloat16 if plan.vae_bf16 else vae_dtype
+        print(plan.describe(), flush=True)
+        logging.getLogger(__name__).info("%s", plan.describe())
     from render.model.hub import resolve_checkpoint
 
     pipe = S2VModels(resolve_checkpoint(a.ckpt), device=device, fp8=a.fp8, fp8_attention=a.fp8_attention,
                      vae_dtype=vae_dtype, offload=a.offload)
+    if a.vae_tile is not None:
+        pipe.vae.set_decode_tiles(a.vae_tile)
     from render.model.out_of_memory import ShotOutOfMemory, is_out_of_memory, out_of_memory_message
     from s2v.cli_segments import segment_options
 

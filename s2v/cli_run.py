@@ -23,15 +23,26 @@ def _run(a: argparse.Namespace) -> int:
         ckpt=str(ckpt.resolve()), crf=a.crf, infer_frames=a.infer_frames, motion_frames=a.motion_frames,
         official_frame_drop=a.official_frame_drop, start_from_ref=a.start_from_ref, cfg_batch=not a.no_cfg_batch,
         run_seed=a.run_seed, text_encoder_dtype=a.text_encoder_dtype, segment_seconds=a.segment_seconds,
-        overlap_seconds=a.overlap_seconds, min_parallel_seconds=a.min_parallel_seconds,
+        overlap_seconds=a.overlap_seconds, min_parallel_seconds=a.min_parallel_seconds, fast=a.fast,
     )
+    if a.fast:
+        if a.group_size != 1:
+            raise ValueError(f"--fast with --group-size {a.group_size}: step caching runs on one GPU per shot; "
+                             "use --group-size 1 (and --groups N for more GPUs)")
+        import sys
+
+        from render.model.fast.preset import FAST_SAMPLING
+
+        print(f"--fast: fast-mode sampling {FAST_SAMPLING} for every shot whose manifest 'fast' cell is null "
+              "(fp8 linears and the bf16 VAE are render-shot options; s2v run's ranks load the exact models)",
+              file=sys.stderr, flush=True)
     engine = EngineOptions(
         group_size=a.group_size, groups=a.groups, slot_resource=a.slot_resource,
         collective_timeout_s=a.collective_timeout, handoff_timeout_s=a.handoff_timeout,
         group_start_timeout_s=a.group_start_timeout,
         group_start_retries=a.start_retries, node_max_failures=a.node_max_failures,
         shot_max_failures=a.max_failures, cpu_threads_per_rank=a.cpu_threads_per_rank,
-        prep_threads=a.prep_threads, keep_work=a.keep_work,
+        prep_threads=a.prep_threads, prep_text_encoder_device=a.text_encoder_device, keep_work=a.keep_work,
         parallel=a.parallel, offload=a.offload,
     )
     req = RunRequest(
@@ -144,6 +155,9 @@ def register(subparsers: Any) -> None:
                    help="drop clip 0's first 3 frames like the official code (video 3 frames ahead of audio)")
     p.add_argument("--start-from-ref", action="store_true", help="official --start_from_ref")
     p.add_argument("--no-cfg-batch", action="store_true", help="run the two CFG passes one after the other")
+    p.add_argument("--fast", action="store_true",
+                   help="fast mode's sampling (step cache, fewer unconditional forwards) for shots whose manifest "
+                        "'fast' cell is null; groups of one GPU only")
     p.add_argument("--segment-seconds", type=float, default=DEFAULT_TARGET_SECONDS,
                    help="target segment length of shots split into parallel segments "
                         f"(default {DEFAULT_TARGET_SECONDS:g} s)")
@@ -170,6 +184,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cpu-threads-per-rank", type=int, default=1, help="torch threads of a CPU rank")
     p.add_argument("--prep-threads", type=int, default=4,
                    help="torch threads of the actor that embeds prompts and computes audio features")
+    p.add_argument("--text-encoder-device", default="cpu", metavar="cpu|cuda",
+                   help="where the preparation actor runs umT5-XXL: cpu (default; stays loaded) or cuda (the node's "
+                        "GPU, loaded per chunk of prompts and released at once; needs ~11 GiB (bf16) / 21 GiB "
+                        "(float32) free on the card meanwhile). Prompts embedded on a GPU differ at rounding level, "
+                        "so switching renders the run's shots again")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: detected)")
     p.add_argument("--bind-public", action="store_true",
                    help="bind the local dashboard/job server to all interfaces (requires Ray token auth)")

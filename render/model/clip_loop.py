@@ -18,6 +18,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -25,6 +26,14 @@ import torch
 from tqdm import tqdm
 
 from render.model.dit import S2VDiT
+from render.model.fast import (
+    GuidanceSchedule,
+    condition_rows,
+    make_step_cache,
+    reuse_guidance,
+    sampling_stats,
+)
+from render.model.handoff import anchor_colour, hands_off_eagerly, next_motion_latents
 from render.model.samplers import make_sampler
 from render.model.vae import WanVAE
 from render.settings import RenderSettings
@@ -205,6 +214,7 @@ class ChainRenderer:
         self.device = torch.device(device)
         self.on_step = on_step
         self.progress = progress
+        self.fast_stats: list = []  # per sampled clip with a fast-mode setting on: render.model.fast.SamplingStats
         if vae is not None and settings.decode_context_latents is None and vae.chunk_local:
             log.info("VAE is chunk-local (all past temporal taps zero): motion clips decode 1 context "
                      "latent instead of %d, same pixels", settings.motion_latent_frames)
@@ -290,8 +300,15 @@ class ChainRenderer:
         video = video[:, -s.infer_frames:].float().cpu()
         keep = self.frames_kept(clip, segment)
         video = video[:, -keep:]
+        decoded = video
+        if s.colour_anchor > 0:  # long-form countermeasure (render.model.handoff), off by default
+            video = anchor_colour(video, shot.ref_pixels, s.colour_anchor)
         buf = torch.cat([state.motion_pixels, video], dim=1)[:, -s.motion_frames:]
-        return video, ChainState(clip + 1, buf.contiguous())
+        nxt = ChainState(clip + 1, buf.contiguous())
+        if hands_off_eagerly(s):  # a countermeasure changes the next clip's motion latents
+            nxt.motion_latents = next_motion_latents(self.vae, s, latents, nxt.motion_pixels, shot.ref_pixels,
+                                                     decoded if video is not decoded else None)
+        return video, nxt
 
     def sample(self, shot: ShotConditioning, audio: torch.Tensor, pose: torch.Tensor | None,
                motion_latents: torch.Tensor | None, with_motion: bool, segment: int, clip: int) -> torch.Tensor:
@@ -321,18 +338,48 @@ class ChainRenderer:
 
         sampler = make_sampler(s.sampler, steps=s.steps, shift=s.shift)
         steps = tqdm(range(s.steps), desc=f"clip {clip}", leave=False, disable=not self.progress)
-        for i in steps:
-            t = sampler.timesteps[i].to(dev)
-            if guided and s.cfg_batch:
-                out = dit.denoise(latents[None].expand(2, -1, -1, -1, -1), t, conds[0])
-                cond_v, uncond_v = out[0], out[1]
-            elif guided:
-                cond_v, uncond_v = dit.denoise(latents, t, conds[0]), dit.denoise(latents, t, conds[1])
-            if guided:
-                pred = uncond_v + s.guidance * (cond_v - uncond_v)
-            else:
-                pred = dit.denoise(latents, t, conds[0])
-            latents = sampler.step(pred, i, latents)
-            if self.on_step is not None:
-                self.on_step(clip, i, s.steps)
+        # Fast mode (all off by default): a step cache skips the DiT blocks on some steps, the
+        # guidance schedule runs the unconditional branch on fewer steps (render.model.fast).
+        cache = make_step_cache(s)
+        schedule = GuidanceSchedule(s.steps, s.cfg_until, s.cfg_every)
+        cond_only = conds[0] if not (guided and s.cfg_batch) else None
+        last_difference = None
+        uncond_forwards = 0
+
+        def announce(i: int, rows: tuple[int, ...]) -> None:
+            if cache is not None:
+                cache.begin_step(i, rows)
+
+        with cache.attached(dit) if cache is not None else nullcontext():
+            for i in steps:
+                t = sampler.timesteps[i].to(dev)
+                with_uncond = guided and schedule.runs_uncond(i)
+                if with_uncond and s.cfg_batch:
+                    announce(i, (0, 1))
+                    out = dit.denoise(latents[None].expand(2, -1, -1, -1, -1), t, conds[0])
+                    cond_v, uncond_v = out[0], out[1]
+                elif with_uncond:
+                    announce(i, (0,))
+                    cond_v = dit.denoise(latents, t, conds[0])
+                    announce(i, (1,))
+                    uncond_v = dit.denoise(latents, t, conds[1])
+                if with_uncond:
+                    uncond_forwards += 1
+                    pred = uncond_v + s.guidance * (cond_v - uncond_v)
+                    if not schedule.is_exact:
+                        last_difference = cond_v - uncond_v
+                elif guided:  # the unconditional branch is skipped: reuse its last difference
+                    if cond_only is None:
+                        cond_only = condition_rows(conds[0], slice(0, 1))
+                    announce(i, (0,))
+                    pred = reuse_guidance(dit.denoise(latents, t, cond_only), last_difference, s.guidance)
+                else:
+                    announce(i, (0,))
+                    pred = dit.denoise(latents, t, conds[0])
+                latents = sampler.step(pred, i, latents)
+                if self.on_step is not None:
+                    self.on_step(clip, i, s.steps)
+        if cache is not None or not schedule.is_exact:
+            self.fast_stats.append(sampling_stats(clip, s.steps, uncond_forwards, cache))
+            log.info("clip %d: %s", clip, self.fast_stats[-1].summary())
         return latents

@@ -26,7 +26,7 @@ def test_columns_and_required_set():
     names = [c.name for c in COLUMNS]
     assert names == MANIFEST_SCHEMA.names
     assert set(REQUIRED_COLUMNS) == {"shot_id", "audio", "image", "prompt", "output"}
-    assert len(names) == len(set(names)) == 17
+    assert len(names) == len(set(names)) == 18
 
 
 @pytest.mark.parametrize("size", OFFICIAL_SIZES)
