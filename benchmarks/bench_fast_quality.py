@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from render.model.checkpoint import DiTConfig  # noqa: E402
-from render.model.clip_loop import ChainRenderer, ShotConditioning, initial_chain_state  # noqa: E402
+from render.model.clip_loop import ChainRenderer, ShotConditioning  # noqa: E402
 from render.model.fast.preset import FAST_SAMPLING, apply_fast  # noqa: E402
 from render.settings import RenderSettings  # noqa: E402
 
@@ -106,28 +106,10 @@ def heldout_samples(n: int, seconds: float, size: int):
 
 
 def render_tiny(model, ref_rgb: torch.Tensor, samples: np.ndarray, settings: RenderSettings):
-    """(uint8 frames [T, H, W, 3], renderer) — tinymodel.evaluate.render_speech, keeping the renderer."""
-    from render.model.audio_features import frame_features
-    from tinymodel.faces import to_uint8
-    from tinymodel.speech import SAMPLE_RATE
+    """(uint8 frames [T, H, W, 3], renderer): the held-out evaluation's chain, keeping the renderer."""
+    from tinymodel.evaluate import render_speech_chain
 
-    dit, vae = model.renderer_parts
-    h, w = ref_rgb.shape[1:]
-    n_frames = max(1, math.ceil(len(samples) / SAMPLE_RATE * settings.fps - 1e-6))
-    clips = max(1, math.ceil(n_frames / settings.infer_frames))
-    ref = ref_rgb * 2 - 1
-    with torch.inference_mode():
-        ref_lat = vae.encode(ref[:, None].to(model.device)).float()[None].cpu()
-    audio = frame_features(model.audio, samples, clips * settings.infer_frames, settings.fps)
-    shot = ShotConditioning(model.prompt, model.negative, ref_lat, ref, audio, h, w)
-    renderer = ChainRenderer(dit, vae, settings, model.device, progress=False)
-    state = initial_chain_state(settings, shot)
-    frames = []
-    for _ in range(clips):
-        video, state = renderer.render_clip(shot, state)
-        frames.append(video)
-    video = torch.cat(frames, dim=1)[:, :n_frames]
-    return to_uint8(((video + 1) / 2).permute(1, 0, 2, 3)), renderer
+    return render_speech_chain(model, ref_rgb, samples, settings)
 
 
 class StepProbe:

@@ -58,6 +58,12 @@ def render_speech(model: LoadedModel, ref_rgb: torch.Tensor, samples: np.ndarray
                   progress: bool = False) -> np.ndarray:
     """A chain of clips for ``samples`` (16 kHz mono) from a reference picture [3, H, W] in [0, 1];
     uint8 frames [ceil(seconds * fps), H, W, 3]."""
+    return render_speech_chain(model, ref_rgb, samples, settings, progress)[0]
+
+
+def render_speech_chain(model: LoadedModel, ref_rgb: torch.Tensor, samples: np.ndarray, settings: RenderSettings,
+                        progress: bool = False) -> tuple[np.ndarray, ChainRenderer]:
+    """``render_speech`` and the renderer that made the frames (its per-clip statistics)."""
     dit, vae = model.renderer_parts
     h, w = ref_rgb.shape[1:]
     n_frames = max(1, math.ceil(len(samples) / SAMPLE_RATE * settings.fps - 1e-6))
@@ -74,7 +80,7 @@ def render_speech(model: LoadedModel, ref_rgb: torch.Tensor, samples: np.ndarray
         video, state = renderer.render_clip(shot, state)
         frames.append(video)
     video = torch.cat(frames, dim=1)[:, :n_frames]  # [3, T, H, W] in [-1, 1]
-    return to_uint8(((video + 1) / 2).permute(1, 0, 2, 3))
+    return to_uint8(((video + 1) / 2).permute(1, 0, 2, 3)), renderer
 
 
 def evaluate_lipsync(ckpt: str | Path, device: str = "cpu", samples: int = 2, seconds: float = 10.0,
