@@ -42,6 +42,16 @@ def _segment_dir(run_dir: Path, shot_id: str, index: int = 0) -> Path:
     return run_dir / "work" / shot_id / f"segment_{index:04d}"
 
 
+def _clip_digests(tmp_path: Path) -> str:
+    """The victim's per-clip file digests in both runs (what to look at when the frames differ)."""
+    out = []
+    for name in ("run-a", "run-b"):
+        record = _segment_dir(tmp_path / name, "victim") / "segment.json"
+        clips = json.loads(record.read_text())["clips"] if record.is_file() else []
+        out.append(f"{name}: " + ", ".join(f"clip {c['clip']} {c['sha256'][:12]}" for c in clips))
+    return "; ".join(out)
+
+
 def test_kill_9_of_a_rank_mid_segment_resumes_with_identical_frames(local_ray, tmp_path, tiny_ckpt):
     # The victim: 3 s = 3 clips of 16 frames, 3 sampling steps (slow enough to kill mid-segment).
     rows = shot_rows(tmp_path, [3.0, 1.0], tmp_path / "out-undisturbed", steps=3)
@@ -49,7 +59,7 @@ def test_kill_9_of_a_rank_mid_segment_resumes_with_identical_frames(local_ray, t
     undisturbed = write_rows(rows, tmp_path / "undisturbed.parquet")
     chaos_rows = [{**r, "output": r["output"].replace("out-undisturbed", "out-chaos")} for r in rows]
     chaos = write_rows(chaos_rows, tmp_path / "chaos.parquet")
-    one_group = {"groups": 1}
+    one_group = {"groups": 1, "keep_work": True}  # kept: a mismatch names the first clip that differs
 
     assert run(request(undisturbed, tmp_path / "run-a", tiny_ckpt, engine=one_group)) == ec.EXIT_OK
 
@@ -81,7 +91,7 @@ def test_kill_9_of_a_rank_mid_segment_resumes_with_identical_frames(local_ray, t
     assert json.loads((run_dir / "shots" / "bystander" / "status.json").read_text())["attempts"] == 1
     # Frames identical to the undisturbed run's.
     a, b = Path(rows[0]["output"]), Path(chaos_rows[0]["output"])
-    assert decoded_frames(a) == decoded_frames(b) and len(decoded_frames(b)) == 48
+    assert decoded_frames(a) == decoded_frames(b) and len(decoded_frames(b)) == 48, _clip_digests(tmp_path)
     assert _sha(a) == _sha(b)
     print(f"\nrank kill: pid {pids[1]} killed with {clips_on_disk} clip file(s) on disk; attempt 2 resumed "
           f"from clip {record['resumed_from_clip']} and rendered {record['clips_rendered']} clip(s); failure "
