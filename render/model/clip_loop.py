@@ -294,10 +294,10 @@ class ChainRenderer:
             if k is None and self.vae.chunk_local:
                 k = 1  # the same pixels as the full context for a chunk-local VAE, 19x less decode
             context = motion_latents[0] if k is None else motion_latents[0][:, -k:]
-            video = self.vae.decode(torch.cat([context, latents], dim=1).to(self.vae.dtype))
+            first = context
         else:
-            video = self.vae.decode(torch.cat([shot.ref_latents[0].to(dev), latents], dim=1).to(self.vae.dtype))
-        video = video[:, -s.infer_frames:].float().cpu()
+            first = shot.ref_latents[0].to(dev)
+        video = self.vae.decode_tail(torch.cat([first, latents], dim=1).to(self.vae.dtype), s.infer_frames)
         keep = self.frames_kept(clip, segment)
         video = video[:, -keep:]
         decoded = video

@@ -81,6 +81,13 @@ def test_decode_stream_equals_decode(vae: WanVAE) -> None:
     assert torch.equal(vae.decode(latents), whole)
 
 
+@pytest.mark.parametrize("frames", [1, 3, 4, 8, 11, 13])
+def test_decode_tail_equals_the_end_of_decode(vae: WanVAE, frames: int) -> None:
+    latents = torch.randn(16, 4, 2, 3)  # 13 frames: chunks of 1, 4, 4, 4
+    tail = vae.decode_tail(latents, frames)
+    assert tail.device.type == "cpu" and torch.equal(tail, vae.decode(latents)[:, -frames:])
+
+
 def test_batched_equals_unbatched(vae: WanVAE) -> None:
     videos = torch.rand(2, 3, 5, 16, 24) * 2 - 1
     batched = vae.encode(videos)

@@ -137,6 +137,24 @@ class WanVAE:
                 chunk = chunk.clamp_(-1.0, 1.0)
             yield chunk if batched else chunk[0]
 
+    def decode_tail(self, latents: torch.Tensor, frames: int) -> torch.Tensor:
+        """The last ``frames`` frames of ``decode(latents)`` (unbatched), float32 on the CPU.
+
+        Chunks before them are dropped as they come and the kept ones leave the device at once,
+        so the device holds one chunk of pixels, not the whole decode (a clip with its motion
+        context is 153 frames: 1.7 GB in float32 at 1280x704).
+        """
+        if latents.dim() != 4:
+            raise ValueError(f"decode_tail takes unbatched latents [{Z_DIM}, F, h, w], got {tuple(latents.shape)}")
+        start = 1 + FRAMES_PER_LATENT * (latents.shape[1] - 1) - frames
+        kept, pos = [], 0
+        for chunk in self.decode_stream(latents):
+            n = chunk.shape[1]
+            if pos + n > start:
+                kept.append(chunk[:, max(0, start - pos):].cpu())
+            pos += n
+        return torch.cat(kept, dim=1)
+
     def decode(self, latents: torch.Tensor, *, clamp: bool = True) -> torch.Tensor:
         """Latents [16, F, h, w] (or batched) -> float32 video [3, 1 + 4(F-1), 8h, 8w] in [-1, 1].
 
