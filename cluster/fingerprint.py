@@ -51,10 +51,12 @@ _INPUT_COLUMNS = ("audio", "image", "pose_video")
 # Manifest columns that are not render columns: inputs (hashed by content), the output (encode
 # half) and the scheduling columns.
 _ROW_NOT_RENDER = frozenset({"shot_id", *_INPUT_COLUMNS, "output", "priority", "sequence", "order"})
-# Fast mode is keyed by its effective value (the row's cell, else the run's --fast) and only when
-# on, so that shots rendered before the option existed keep their keys (they would otherwise all
-# render again under a pinned S2V_CODE_VERSION).
+# Options added after run directories existed are keyed only when not at their default, so that
+# shots rendered before an option existed keep their keys (they would otherwise all render again
+# under a pinned S2V_CODE_VERSION). Fast mode is keyed by its effective value (the row's cell,
+# else the run's --fast).
 _FAST = "fast"
+_RUN_KEYED_WHEN_SET = {"fp8": False, "vae_dtype": "fp32"}
 
 
 def json_digest(obj: object) -> str:
@@ -161,7 +163,8 @@ def shot_key(shot: Shot, settings: RunSettings, env: dict[str, str], hashes: Inp
     row = shot.to_row()
     inputs = {c: (hashes.digest(row[c]) if row.get(c) else None) for c in _INPUT_COLUMNS}
     render_row = {k: v for k, v in row.items() if k not in _ROW_NOT_RENDER and k != _FAST}
-    run = {k: v for k, v in settings.to_dict().items() if k not in _RUN_NOT_FRAMES and k != _FAST}
+    run = {k: v for k, v in settings.to_dict().items() if k not in _RUN_NOT_FRAMES and k != _FAST
+           and not (k in _RUN_KEYED_WHEN_SET and v == _RUN_KEYED_WHEN_SET[k])}
     fast = shot.fast if shot.fast is not None else settings.fast
     render = [render_row, run] + ([{_FAST: True}] if fast else [])
     parts = {"inputs": json_digest(inputs), "render": json_digest(render), "model": env["model"], "code": env["code"]}

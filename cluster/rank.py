@@ -125,7 +125,12 @@ class RankWorker:
         from render.model.components import S2VModels
 
         self.offload = offload
-        pipe = S2VModels(self.settings.ckpt, device=device, offload=offload)
+        if self.settings.fp8 and device.type != "cuda":
+            raise ValueError("--fp8 needs CUDA ranks (sm89 or newer); this group's ranks run on the CPU")
+        from cluster.settings import VAE_DTYPES
+
+        pipe = S2VModels(self.settings.ckpt, device=device, offload=offload, fp8=self.settings.fp8,
+                         vae_dtype=getattr(torch, VAE_DTYPES[self.settings.vae_dtype]))
         pipe.dit  # noqa: B018  (load now: a start failure must surface while forming the group)
         if self.rank == 0:  # the writer alone runs the VAE; the other ranks never load it
             pipe.vae  # noqa: B018

@@ -27,6 +27,9 @@ _RUN_RENDER_FIELDS = (
 )
 
 
+VAE_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # --vae-dtype value -> torch dtype name
+
+
 @dataclass(frozen=True)
 class RunSettings:
     ckpt: str  # checkpoint folder (official layout), absolute
@@ -47,11 +50,18 @@ class RunSettings:
     min_parallel_seconds: float = DEFAULT_MIN_PARALLEL_SECONDS
     # --fast: fast mode's sampling for every shot whose manifest ``fast`` cell is null
     fast: bool = False
+    # How every rank loads the models (one load per group serves all its shots, so these are
+    # run-wide, not per shot): fp8 e4m3 linears in the DiT (GPU sm89+) and the writer's VAE dtype.
+    # Both change the frames slightly; --fast's sampling and these two make render-shot's --fast.
+    fp8: bool = False
+    vae_dtype: str = "fp32"
 
     def __post_init__(self) -> None:
         # The run-wide render parameters are checked now, by RenderSettings' own rules, so a bad
         # --infer-frames fails when `s2v run` starts rather than when the first shot renders.
         RenderSettings(**self._run_render_fields())
+        if self.vae_dtype not in VAE_DTYPES:
+            raise ValueError(f"vae_dtype={self.vae_dtype!r}: expected one of {sorted(VAE_DTYPES)}")
 
     def _run_render_fields(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _RUN_RENDER_FIELDS}

@@ -24,6 +24,7 @@ def _run(a: argparse.Namespace) -> int:
         official_frame_drop=a.official_frame_drop, start_from_ref=a.start_from_ref, cfg_batch=not a.no_cfg_batch,
         run_seed=a.run_seed, text_encoder_dtype=a.text_encoder_dtype, segment_seconds=a.segment_seconds,
         overlap_seconds=a.overlap_seconds, min_parallel_seconds=a.min_parallel_seconds, fast=a.fast,
+        fp8=a.fp8, vae_dtype=a.vae_dtype,
     )
     if a.fast:
         if a.group_size != 1:
@@ -34,7 +35,7 @@ def _run(a: argparse.Namespace) -> int:
         from render.model.fast.preset import FAST_SAMPLING
 
         print(f"--fast: fast-mode sampling {FAST_SAMPLING} for every shot whose manifest 'fast' cell is null "
-              "(fp8 linears and the bf16 VAE are render-shot options; s2v run's ranks load the exact models)",
+              "(add --fp8 --vae-dtype bf16 for the rest of render-shot's --fast: the ranks' models)",
               file=sys.stderr, flush=True)
     engine = EngineOptions(
         group_size=a.group_size, groups=a.groups, slot_resource=a.slot_resource,
@@ -158,6 +159,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--fast", action="store_true",
                    help="fast mode's sampling (step cache, fewer unconditional forwards) for shots whose manifest "
                         "'fast' cell is null; groups of one GPU only")
+    p.add_argument("--fp8", action="store_true",
+                   help="fp8 e4m3 linear layers in every rank's DiT (GPU sm89+; changes numbers slightly)")
+    p.add_argument("--vae-dtype", default="fp32", choices=["fp32", "bf16"],
+                   help="the writer rank's VAE precision (bf16: faster decode, slightly different pixels)")
     p.add_argument("--segment-seconds", type=float, default=DEFAULT_TARGET_SECONDS,
                    help="target segment length of shots split into parallel segments "
                         f"(default {DEFAULT_TARGET_SECONDS:g} s)")

@@ -1,0 +1,49 @@
+"""`s2v run --fp8 --vae-dtype bf16`: run-wide model options, validated and keyed only when set."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from cluster.fingerprint import _ROW_NOT_RENDER, _RUN_NOT_FRAMES, InputHashes, json_digest, shot_key
+from cluster.settings import RunSettings
+from manifests import Shot
+
+
+def _shot(tmp_path) -> Shot:
+    for name in ("a.wav", "a.png"):
+        (tmp_path / name).write_bytes(name.encode())
+    return Shot(shot_id="a", audio=str(tmp_path / "a.wav"), image=str(tmp_path / "a.png"), prompt="p",
+                output=str(tmp_path / "a.mp4"))
+
+
+def test_defaults_keep_the_key_shots_had_before_the_options_existed(tmp_path):
+    shot, run = _shot(tmp_path), RunSettings(ckpt=str(tmp_path))
+    env, hashes = {"model": "m", "code": "c"}, InputHashes(tmp_path / "h.json")
+    key = shot_key(shot, run, env, hashes)
+    new = {"fast", "fp8", "vae_dtype"}
+    old = json_digest([{k: v for k, v in shot.to_row().items() if k not in _ROW_NOT_RENDER and k not in new},
+                       {k: v for k, v in run.to_dict().items() if k not in _RUN_NOT_FRAMES and k not in new}])
+    assert key.parts["render"] == old
+    for changed in (RunSettings(ckpt=str(tmp_path), fp8=True), RunSettings(ckpt=str(tmp_path), vae_dtype="bf16")):
+        assert shot_key(shot, changed, env, hashes).frames != key.frames
+
+
+def test_vae_dtype_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="vae_dtype='fp16'"):
+        RunSettings(ckpt=str(tmp_path), vae_dtype="fp16")
+
+
+def test_run_command_passes_the_model_options(tmp_path, tiny_ckpt, monkeypatch):
+    import cluster.driver
+    from s2v.cli_run import register
+
+    seen = {}
+    monkeypatch.setattr(cluster.driver, "run", lambda req: seen.setdefault("req", req) and 0)
+    sub = argparse.ArgumentParser().add_subparsers()
+    register(sub)
+    a = sub.choices["run"].parse_args(["m.parquet", "--run-dir", str(tmp_path), "--ckpt", str(tiny_ckpt),
+                                        "--fp8", "--vae-dtype", "bf16"])
+    a.fn(a)
+    assert (seen["req"].settings.fp8, seen["req"].settings.vae_dtype) == (True, "bf16")
