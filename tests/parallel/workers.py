@@ -246,14 +246,14 @@ def group_clips_worker(rank: int, world: int, ckpt: str, audio: str, image: str,
     renderer = pipe.chain_renderer(s, progress=False, sync=sync)
     calls = {"encode": 0, "decode": 0}
     if renderer.vae is not None:
-        for kind in calls:
-            original = getattr(renderer.vae, kind)
+        for kind, attr in (("encode", "encode"), ("decode", "decode_stream")):  # every decode streams
+            original = getattr(renderer.vae, attr)
 
             def counted(*a, _kind=kind, _f=original, **k):
                 calls[_kind] += 1
                 return _f(*a, **k)
 
-            setattr(renderer.vae, kind, counted)
+            setattr(renderer.vae, attr, counted)
     state = renderer.initial_state(shot)
     frames = []
     for _ in range(clips):

@@ -72,8 +72,8 @@ def test_clip_loop_decodes_one_context_latent_for_chunk_local_vae(tiny_ckpt, dem
     del pipe.vae._chunk_local  # decided at load; these weights were edited after it
     assert pipe.vae.chunk_local
     decoded = []
-    real_decode = pipe.vae.decode
-    monkeypatch.setattr(pipe.vae, "decode", lambda z, **kw: decoded.append(z.shape[1]) or real_decode(z, **kw))
+    real_decode = pipe.vae.decode_stream  # what every decode runs
+    monkeypatch.setattr(pipe.vae, "decode_stream", lambda z, **kw: decoded.append(z.shape[1]) or real_decode(z, **kw))
     outs = {}
     for k in (None, 4):  # 4 = every motion latent = the official full context
         s = RenderSettings(size="64*64", steps=2, infer_frames=16, motion_frames=13, decode_context_latents=k)
