@@ -115,3 +115,20 @@ def file_stamps(paths: Sequence[Path]) -> dict[str, tuple[int, int, int]]:
         st = p.stat()
         out[str(p)] = (st.st_ino, st.st_mtime_ns, st.st_size)
     return out
+
+
+def request_from_cli(monkeypatch: Any, run_dir: Path, ckpt: Path, *extra: str) -> RunRequest:
+    """The RunRequest that `s2v run m.parquet --run-dir RUN_DIR --ckpt CKPT EXTRA...` builds
+    (the driver itself is replaced: nothing runs)."""
+    import argparse
+
+    import cluster.driver
+    from s2v.cli_run import register
+
+    seen: dict[str, RunRequest] = {}
+    monkeypatch.setattr(cluster.driver, "run", lambda req: seen.setdefault("req", req) and 0)
+    sub = argparse.ArgumentParser().add_subparsers()
+    register(sub)
+    a = sub.choices["run"].parse_args(["m.parquet", "--run-dir", str(run_dir), "--ckpt", str(ckpt), *extra])
+    a.fn(a)
+    return seen["req"]

@@ -88,16 +88,7 @@ def test_where_umt5_runs_is_part_of_every_shot_key(tiny_ckpt, monkeypatch):
 
 
 def test_run_command_passes_the_device_to_the_preparation_actor(tmp_path, tiny_ckpt, monkeypatch):
-    import argparse
+    from tests.cluster.helpers import request_from_cli
 
-    import cluster.driver
-    from s2v.cli_run import register
-
-    seen = {}
-    monkeypatch.setattr(cluster.driver, "run", lambda req: seen.setdefault("req", req) and 0)
-    sub = argparse.ArgumentParser().add_subparsers()
-    register(sub)
-    a = sub.choices["run"].parse_args(["m.parquet", "--run-dir", str(tmp_path), "--ckpt", str(tiny_ckpt),
-                                        "--text-encoder-device", "cuda"])
-    a.fn(a)
-    assert seen["req"].engine.prep_text_encoder_device == "cuda"
+    req = request_from_cli(monkeypatch, tmp_path, tiny_ckpt, "--text-encoder-device", "cuda")
+    assert req.engine.prep_text_encoder_device == "cuda"

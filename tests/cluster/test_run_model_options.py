@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
 from cluster.fingerprint import _ROW_NOT_RENDER, _RUN_NOT_FRAMES, InputHashes, json_digest, shot_key
 from cluster.settings import RunSettings
 from manifests import Shot
+from tests.cluster.helpers import request_from_cli
 
 
 def _shot(tmp_path) -> Shot:
@@ -36,14 +35,5 @@ def test_vae_dtype_is_validated(tmp_path):
 
 
 def test_run_command_passes_the_model_options(tmp_path, tiny_ckpt, monkeypatch):
-    import cluster.driver
-    from s2v.cli_run import register
-
-    seen = {}
-    monkeypatch.setattr(cluster.driver, "run", lambda req: seen.setdefault("req", req) and 0)
-    sub = argparse.ArgumentParser().add_subparsers()
-    register(sub)
-    a = sub.choices["run"].parse_args(["m.parquet", "--run-dir", str(tmp_path), "--ckpt", str(tiny_ckpt),
-                                        "--fp8", "--vae-dtype", "bf16"])
-    a.fn(a)
-    assert (seen["req"].settings.fp8, seen["req"].settings.vae_dtype) == (True, "bf16")
+    req = request_from_cli(monkeypatch, tmp_path, tiny_ckpt, "--fp8", "--vae-dtype", "bf16")
+    assert (req.settings.fp8, req.settings.vae_dtype) == (True, "bf16")
