@@ -32,11 +32,11 @@ import torch
 
 from render.model.dit.model import FRAMEPACK_BUCKETS
 from render.model.vae import WanVAE
+from render.model.vae.model import FRAMES_PER_LATENT
 from render.settings import RenderSettings
 
 # Motion latents the identity anchor blends: the oldest FramePack group (4x compressed).
 FAR_CONTEXT_LATENTS = FRAMEPACK_BUCKETS[-1]
-FRAMES_PER_LATENT = 4
 
 
 def hands_off_eagerly(settings: RenderSettings) -> bool:
