@@ -130,7 +130,7 @@ def set_cap(device: torch.device, cap_gib: float | None) -> None:
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(device).total_memory
     fraction = 1.0 if cap_gib is None else min(1.0, cap_gib * GIB / total)
-    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    torch.cuda.set_per_process_memory_fraction(fraction, device.index if device.index is not None else torch.cuda.current_device())
 
 
 # --- one clip through the product's clip function, with the product's OOM handling ---------------
@@ -294,6 +294,7 @@ def part_a_plain_and_b(a: argparse.Namespace, ckpt: Path, device: torch.device, 
     latents: dict[str, torch.Tensor] = {}
     models = load_models(ckpt, device, offload=False, report=report)
     conds = {s.name: conditioning(models, s) for s in sizes}
+    latents.update({f"ref:{name}": c.ref_latents for name, c in conds.items()})
     if "a" in parts:
         for size in sizes:
             res = guarded_clip(models, settings, conds[size.name], size, None)
@@ -344,6 +345,16 @@ def part_a_offload(a: argparse.Namespace, ckpt: Path, device: torch.device, size
     time budget lasts; latents compared with the plain ones."""
     models = load_models(ckpt, device, offload=True, report=report)
     conds = {s.name: conditioning(models, s) for s in sizes}
+    # The reference latents come from the VAE alone (offload does not touch it): if they differ
+    # from the plain model's, so will the sampled latents, whatever offload does. Seen on an H100
+    # at 720p after the capped runs (the VAE also ran 1.7x slower then): cuDNN seems to fall back to
+    # other convolution algorithms when a workspace does not fit a cap, and to keep them.
+    for name, c in conds.items():
+        if f"ref:{name}" in plain:
+            diff = float((c.ref_latents - plain[f"ref:{name}"]).abs().max())
+            report.data["latent_diffs"].append({"size": name, "what": "reference latents (VAE encode)",
+                                                "max_abs_plain_vs_offload": diff})
+            print(f"  reference latents (VAE) plain vs offload-run at {name}: max-abs {diff}", flush=True)
     runs = [(s, s.cap_gib if device.type == "cuda" else None) for s in sizes]
     if device.type == "cuda":
         runs += [(s, None) for s in sizes]
@@ -358,7 +369,8 @@ def part_a_offload(a: argparse.Namespace, ckpt: Path, device: torch.device, size
             report.data["oom"]["next_clip_480p_offload"] = "rendered" if not row.get("oom") else row["oom"]
         if "latents" in res and size.name in plain:
             diff = float((res["latents"] - plain[size.name]).abs().max())
-            report.data["latent_diffs"].append({"size": size.name, "cap_gib": cap, "max_abs_plain_vs_offload": diff})
+            report.data["latent_diffs"].append({"size": size.name, "cap_gib": cap, "what": "sampled latents",
+                                                "max_abs_plain_vs_offload": diff})
             print(f"  latents plain vs offload at {size.name}: max-abs {diff}", flush=True)
         report.save()
     if a.vae_tile:  # the decode's peak with spatial tiles, at the largest size (pixels differ slightly)
@@ -425,7 +437,7 @@ def write_markdown(report: Report) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in d["runs"]:
         if r.get("skipped"):
-            lines.append(f"| {r['mode']} | {r['size']} | {r['cap_gib']} | | | | | skipped: {r['skipped']} |")
+            lines.append(f"| {r['mode']} | {r['size']} | {r.get('cap_gib')} | | | | | skipped: {r['skipped']} |")
         elif r.get("oom") or r.get("error"):
             what = "out of memory" if r.get("oom") else "error: " + r["error"][:80]
             lines.append(f"| {r['mode']} | {r['size']} | {r['cap_gib']} | | {r['peak_reserved_gib']} | | | "
@@ -435,7 +447,8 @@ def write_markdown(report: Report) -> str:
                          f"{r['peak_sample_gib']} / {r['peak_decode_gib']}) | {r['peak_reserved_gib']} | "
                          f"{r['step_s'][-1]} | {r['clip_s']} | ok |")
     for x in d["latent_diffs"]:
-        lines.append(f"\nlatents plain vs offload, {x['size']} (cap {x['cap_gib']}): max-abs {x['max_abs_plain_vs_offload']}")
+        lines.append(f"\n{x.get('what', 'latents')} plain vs offload, {x['size']} (cap {x.get('cap_gib')}): "
+                     f"max-abs {x['max_abs_plain_vs_offload']}")
     if d["oom"]:
         lines += ["", "Out of memory:", "```", json.dumps(d["oom"], indent=1), "```"]
     if d["text_encoder"]:

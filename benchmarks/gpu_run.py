@@ -118,6 +118,21 @@ class MetricsScraper:
                 "last": self.scrapes[-1] if self.scrapes else None}
 
 
+def pack_loose_files(out: Path) -> None:
+    """The logs and metric scrapes (dozens of files) into one run_files.tar.gz: the device tool
+    returns a limited number of files per call, and left out the scrapes of the first GPU run."""
+    import tarfile
+
+    folders = [out / name for name in ("logs", "metrics", "shots") if (out / name).is_dir()]
+    if not folders:
+        return
+    with tarfile.open(out / "run_files.tar.gz", "w:gz") as tar:
+        for folder in folders:
+            tar.add(folder, arcname=folder.name)
+    for folder in folders:
+        shutil.rmtree(folder)
+
+
 def run(a: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
@@ -126,8 +141,11 @@ def run(a: argparse.Namespace) -> int:
     inputs, work, out = Path(a.inputs).resolve(), Path(a.work), Path(a.out)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    # The 720p shot goes first (priority): it holds the run's memory peak, and a call cut short by
+    # its time limit should lose a 480p shot rather than the only 720p one.
     rows = [dict(shot_id=sid, audio=str(inputs / f"{sid}.wav"), image=str(inputs / f"{sid}.png"), prompt=prompt,
-                 size=size, steps=a.steps, seed=1, output=str(work / "out" / f"{sid}.mp4"), segment_mode="sequential")
+                 size=size, steps=a.steps, seed=1, output=str(work / "out" / f"{sid}.mp4"), segment_mode="sequential",
+                 priority=1 if sid == "s720" else 0)
             for sid, _, size, _, prompt in SHOTS if not a.only or sid in a.only]
     (work / "out").mkdir(exist_ok=True)
     manifest = work / "manifest.parquet"
@@ -137,13 +155,35 @@ def run(a: argparse.Namespace) -> int:
     if a.prep_threads:
         cmd += ["--prep-threads", str(a.prep_threads)]
     print("+", " ".join(cmd), flush=True)
+    # GPU memory and utilisation every 2 s, stopped with the run (a background `nvidia-smi -l` left
+    # in the device call's shell would keep the call open until its time limit).
+    nvsmi = None
+    if shutil.which("nvidia-smi"):
+        nvsmi = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,memory.used,utilization.gpu", "--format=csv",
+                                  "-l", "2"], stdout=(out / "nvsmi.csv").open("w"), stderr=subprocess.DEVNULL)
     scraper = None
     if a.scrape_metrics:
         scraper = MetricsScraper(work / "run" / "logs" / "driver.log", out / "metrics", a.scrape_metrics)
         scraper.start()
     t0 = time.time()
-    rc = subprocess.call(cmd, cwd=ROOT)
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    try:
+        rc = proc.wait(timeout=a.stop_after or None)
+    except subprocess.TimeoutExpired:
+        # SIGTERM = the driver's graceful stop (exit 130, committed clips kept; a rerun of this
+        # command with the same --work resumes), so the logs and results below still reach --out.
+        print(f"--stop-after {a.stop_after:.0f} s: stopping s2v run (a rerun with the same --work resumes)",
+              flush=True)
+        proc.terminate()
+        try:
+            rc = proc.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
     wall = time.time() - t0
+    if nvsmi is not None:
+        nvsmi.terminate()
+        nvsmi.wait()
     summary = {"exit": rc, "wall_s": round(wall, 1), "steps": a.steps, "cmd": cmd}
     if scraper is not None:
         summary["metrics"] = scraper.stop()
@@ -169,6 +209,7 @@ def run(a: argparse.Namespace) -> int:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(f, dst)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    pack_loose_files(out)
     print(f"s2v run exit {rc}, wall {wall:.1f} s")
     return rc
 
@@ -189,6 +230,8 @@ def main() -> int:
                    help="read the Ray metrics endpoint every S seconds while rendering (0: off)")
     r.add_argument("--prep-threads", type=int, default=0,
                    help="torch threads of the preparation actor (umT5 and wav2vec on the CPU; 0: s2v run's default)")
+    r.add_argument("--stop-after", type=float, default=0.0, metavar="S",
+                   help="stop `s2v run` gracefully after S seconds (fit a device call's limit; resumable)")
     r.add_argument("extra", nargs=argparse.REMAINDER, help="more `s2v run` options after --")
     a = p.parse_args()
     if a.cmd == "inputs":
