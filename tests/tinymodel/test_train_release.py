@@ -70,6 +70,7 @@ def test_one_stage_and_ship(tmp_path):
     _run(tmp_path)
     assert _run(tmp_path, "ship") == []
     ship = tmp_path / "ship"
-    assert (ship / "diffusion_pytorch_model.safetensors").read_text() == f"dit {tmp_path / 'work' / '7'}"
+    # stage 6 until a stage-7 variant beats it on long chains (SHIP_STAGE picks another)
+    assert (ship / "diffusion_pytorch_model.safetensors").read_text() == f"dit {tmp_path / 'work' / '6'}"
     assert (ship / "Wan2.1_VAE.pth").read_text() == f"vae {tmp_path / 'work' / '3'}"
     assert (ship / "config.json").is_file()
