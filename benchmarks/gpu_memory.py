@@ -9,6 +9,8 @@ the product's loader (render.model.components.S2VModels):
     python3 -m tinymodel.test_checkpoint /tmp/s2v14b --device cuda        # 14B random weights, ~55 s
     python3 benchmarks/gpu_memory.py --ckpt /tmp/s2v14b --out "$OUT"      # ~5 min on an H100 (estimate)
     python3 benchmarks/gpu_memory.py --tiny --out /tmp/gm                 # the script itself, CPU
+    python3 benchmarks/gpu_memory.py --ckpt /tmp/s2v14b --out "$OUT" --parts a --sizes 720p --no-caps
+                                                   # plain vs offload parity alone (~3 min)
 
 Order: umT5 (part c) first, then the plain model (its runs and the out-of-memory error), then the
 offloaded model (capped runs first); ``--budget-s`` skips the uncapped offloaded runs (and the
@@ -302,7 +304,7 @@ def part_a_plain_and_b(a: argparse.Namespace, ckpt: Path, device: torch.device, 
                 latents[size.name] = res["latents"]
             record_run(report, "plain", size, None, res)
         for size in sizes:
-            if device.type == "cuda":  # the cap only exists on a GPU
+            if device.type == "cuda" and not a.no_caps:  # the cap only exists on a GPU
                 record_run(report, "plain", size, size.cap_gib,
                            guarded_clip(models, settings, conds[size.name], size, size.cap_gib))
     if "b" in parts:
@@ -355,8 +357,8 @@ def part_a_offload(a: argparse.Namespace, ckpt: Path, device: torch.device, size
             report.data["latent_diffs"].append({"size": name, "what": "reference latents (VAE encode)",
                                                 "max_abs_plain_vs_offload": diff})
             print(f"  reference latents (VAE) plain vs offload-run at {name}: max-abs {diff}", flush=True)
-    runs = [(s, s.cap_gib if device.type == "cuda" else None) for s in sizes]
-    if device.type == "cuda":
+    runs = [(s, s.cap_gib if device.type == "cuda" and not a.no_caps else None) for s in sizes]
+    if device.type == "cuda" and not a.no_caps:
         runs += [(s, None) for s in sizes]
     for i, (size, cap) in enumerate(runs):
         if i >= len(sizes) and report.elapsed() > a.budget_s:
@@ -473,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="the uncapped offload runs start only before this many seconds (keeps the call short)")
     p.add_argument("--vae-tile", type=int, default=0, metavar="N",
                    help="also one offloaded clip at the largest size with the decode in NxN-latent tiles")
+    p.add_argument("--sizes", default=None, help="comma-separated size names to run (480p,720p; default both)")
+    p.add_argument("--no-caps", action="store_true",
+                   help="uncapped runs only: plain vs offload output with the same convolution algorithms "
+                        "(a capped run can leave cuDNN on other ones for the rest of the process)")
     a = p.parse_args(argv)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() and not a.tiny else "cpu"))
     if a.tiny:
@@ -484,6 +490,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         p.error("--ckpt is needed (or --tiny)")
     sizes = TINY_SIZES if a.tiny else FULL_SIZES
+    if a.sizes:
+        wanted = a.sizes.split(",")
+        unknown = sorted(set(wanted) - {s.name for s in sizes})
+        if unknown:
+            p.error(f"--sizes {a.sizes}: unknown {unknown}; expected names from {[s.name for s in sizes]}")
+        sizes = tuple(s for s in sizes if s.name in wanted)
     report = Report(Path(a.out), device)
     report.data["steps"] = a.steps
     settings = RenderSettings(steps=a.steps, seed=1)
