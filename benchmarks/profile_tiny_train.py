@@ -13,7 +13,8 @@ import torch
 from render.model.dit.model import S2VDiT
 from render.model.vae.model import WanVAEModel
 from tinymodel.export import TRAINED_DIT
-from tinymodel.train import dit_batch, init_for_training, make_chunk_local, snippets, vae_reconstruct
+from tinymodel.train import dit_batch, init_for_training
+from tinymodel.train_vae import make_chunk_local, snippets, vae_reconstruct
 
 
 def timed(fn, n=5):

@@ -53,7 +53,8 @@ def test_vae_only_run_writes_a_normalised_vae(tmp_path):
     import numpy as np
 
     from render.model.vae import load_vae
-    from tinymodel.train import main, snippets
+    from tinymodel.train import main
+    from tinymodel.train_vae import snippets
 
     metrics = main(["--out", str(tmp_path), "--smoke", "--vae-only", "--device", "cpu", "--size", "64",
                     "--minutes", "30", "--vae-pool", "4", "--vae-batch", "2", "--vae-bf16"])

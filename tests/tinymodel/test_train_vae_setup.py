@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from render.model.vae.model import WanVAEModel, is_chunk_local, past_temporal_taps
-from tinymodel.train import make_chunk_local, pool_batch, recon_loss, vae_reconstruct
+from tinymodel.train_vae import make_chunk_local, pool_batch, recon_loss, vae_reconstruct
 
 
 def test_chunk_local_constraint_survives_adam_steps():

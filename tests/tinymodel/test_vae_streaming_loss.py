@@ -1,4 +1,4 @@
-"""Truncated back-propagation through the VAE's streaming caches (tinymodel.train)."""
+"""Truncated back-propagation through the VAE's streaming caches (tinymodel.train_vae)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from render.model.vae.model import FRAMES_PER_LATENT, WanVAEModel
-from tinymodel.train import mouth_weight, snippets, vae_long_sequence_loss, vae_reconstruct
+from tinymodel.train_vae import mouth_weight, snippets, vae_long_sequence_loss, vae_reconstruct
 
 
 def _chunked_reference_loss(vae: WanVAEModel, x: torch.Tensor) -> torch.Tensor:
