@@ -226,6 +226,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--strip", default=None, help="PNG of frames around clip boundaries")
     ap.add_argument("--frames", default=None, help=".npz of the rendered frames (uint8), for later pictures")
     args = ap.parse_args(argv)
+    if args.seconds * FPS <= CLIP_FRAMES:
+        ap.error(f"--seconds {args.seconds:g}: the chain needs at least 2 clips (more than {CLIP_FRAMES / FPS:g} s "
+                 f"at {FPS} fps) to have a clip boundary to measure")
     res = evaluate_chain(args.ckpt, args.device, args.samples, args.seconds, args.steps, args.guidance, args.corpus,
                          args.seed, keep_frames=bool(args.strip or args.frames))
     videos, refs = res.pop("videos", None), res.pop("refs", None)

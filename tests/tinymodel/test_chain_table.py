@@ -31,3 +31,11 @@ def test_not_a_chain_eval_result(tmp_path):
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(SystemExit, match="x.json: no 'summary' key"):
         table([tmp_path / "x.json"])
+
+
+def test_chain_eval_needs_a_clip_boundary(tmp_path, capsys):
+    from tinymodel.chain_eval import main
+
+    with pytest.raises(SystemExit):
+        main(["--ckpt", str(tmp_path), "--out", str(tmp_path / "o.json"), "--seconds", "5"])
+    assert "needs at least 2 clips" in capsys.readouterr().err
