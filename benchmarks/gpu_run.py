@@ -15,12 +15,16 @@ writes results.parquet, the run's logs and a JSON summary to --out.
 ``metrics_export_port``: what the Ray dashboard and Prometheus read) every S seconds while
 `s2v run` renders and saves its ``s2v_*`` lines to --out/metrics/ (what the dashboard shows).
 ``--only s720`` renders the 720p shot alone (two clips at 1280x704: fits one 10-minute call).
+``--only s720 s08 --cap-gib 54``: a real out-of-memory error through the product - the 720p shot
+(58.5 GiB at its peak) fails with the product's message, the group frees its memory and renders the
+480p shot (42.8 GiB) next.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -166,7 +170,13 @@ def run(a: argparse.Namespace) -> int:
         scraper = MetricsScraper(work / "run" / "logs" / "driver.log", out / "metrics", a.scrape_metrics)
         scraper.start()
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT)
+    env = dict(os.environ)
+    if a.cap_gib:  # the ranks' allocator capped: a real out-of-memory error on a large card
+        env["S2V_CUDA_MEMORY_CAP_GIB"] = str(a.cap_gib)
+        summary_cap = {"cap_gib": a.cap_gib}
+    else:
+        summary_cap = {}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     try:
         rc = proc.wait(timeout=a.stop_after or None)
     except subprocess.TimeoutExpired:
@@ -184,7 +194,7 @@ def run(a: argparse.Namespace) -> int:
     if nvsmi is not None:
         nvsmi.terminate()
         nvsmi.wait()
-    summary = {"exit": rc, "wall_s": round(wall, 1), "steps": a.steps, "cmd": cmd}
+    summary = {"exit": rc, "wall_s": round(wall, 1), "steps": a.steps, "cmd": cmd, **summary_cap}
     if scraper is not None:
         summary["metrics"] = scraper.stop()
         print(f"metrics: {summary['metrics']}")
@@ -232,6 +242,9 @@ def main() -> int:
                    help="torch threads of the preparation actor (umT5 and wav2vec on the CPU; 0: s2v run's default)")
     r.add_argument("--stop-after", type=float, default=0.0, metavar="S",
                    help="stop `s2v run` gracefully after S seconds (fit a device call's limit; resumable)")
+    r.add_argument("--cap-gib", type=float, default=0.0, metavar="G",
+                   help="cap each rank's GPU memory at G GiB (S2V_CUDA_MEMORY_CAP_GIB): e.g. 54 on an 80 GB card "
+                        "makes the 720p shot run out of memory while the 480p shots render")
     r.add_argument("extra", nargs=argparse.REMAINDER, help="more `s2v run` options after --")
     a = p.parse_args()
     if a.cmd == "inputs":

@@ -42,6 +42,9 @@ class GroupCommError(RuntimeError):
 # Tests: comma-separated shot ids whose DiT forwards raise torch.OutOfMemoryError in this rank
 # (a CUDA out-of-memory error simulated on any device; read when a segment starts).
 SIMULATE_OOM_ENV = "S2V_SIMULATE_OOM_SHOTS"
+# Tests on a GPU: a cap in GiB on what each CUDA rank's allocator may hold (torch's per-process
+# memory fraction), for a real out-of-memory error through the whole product on a large card.
+MEMORY_CAP_ENV = "S2V_CUDA_MEMORY_CAP_GIB"
 
 STORE_PREFIX = "s2v-group-"
 STALE_STORE_S = 24 * 3600
@@ -111,6 +114,7 @@ class RankWorker:
         if self.device_kind == "cuda":
             device = torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU
             torch.cuda.set_device(device)
+            _apply_memory_cap(device)
             backend = "nccl"
         else:
             device = torch.device("cpu")
@@ -308,6 +312,20 @@ class RankWorker:
 
             self._metrics = RankMetrics(self.run_id, self.group)
         return self._metrics
+
+
+def _apply_memory_cap(device: torch.device) -> None:
+    """The test hook of ``S2V_CUDA_MEMORY_CAP_GIB``: the rank's caching allocator may hold at most
+    that much of its GPU, so a real out-of-memory error can be provoked on a large card (a shot
+    too big for the cap fails, the next one renders)."""
+    cap = os.environ.get(MEMORY_CAP_ENV, "").strip()
+    if not cap:
+        return
+    total = torch.cuda.get_device_properties(device).total_memory
+    fraction = min(1.0, float(cap) * 2**30 / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, device.index)
+    log.warning("%s=%s: this rank may use %.1f%% of %s (%.1f GiB)", MEMORY_CAP_ENV, cap, 100 * fraction,
+                torch.cuda.get_device_name(device), total / 2**30)
 
 
 @contextmanager
