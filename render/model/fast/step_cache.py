@@ -131,7 +131,9 @@ class StepCache:
         if self._decided_step == self._step:
             return self._skip
         blk = dit.blocks[0]
-        shift, scale = (blk.modulation.float()[:, None] + e0[:1].float()).unbind(2)[:2]
+        # Read outside block 0's forward: with --offload its weights are in host memory here.
+        modulation = blk.modulation.to(e0.device).float()
+        shift, scale = (modulation[:, None] + e0[:1].float()).unbind(2)[:2]
         modulated = blk.glue.modulate(h[:1], n, shift, scale, blk.eps)[:, :n].float()
         prev = self._prev_modulated
         self._prev_modulated = modulated
