@@ -139,13 +139,22 @@ def still_reference_latents(vae: WanVAE, ref_pixels: torch.Tensor, count: int) -
     return torch.cat([still[:, :1], still[:, 1:].expand(-1, count - 1, -1, -1)], dim=1)[:, :count]
 
 
+def far_context_slice(m: int) -> slice:
+    """The positions among ``m`` motion latents that the DiT's 4x-compressed FramePack group sees:
+    it takes the last ``sum(FRAMEPACK_BUCKETS)`` (zeros in front when fewer) and the oldest
+    ``FAR_CONTEXT_LATENTS`` of those; the newer ones drive the motion and latents before the window
+    are never seen."""
+    newer = sum(FRAMEPACK_BUCKETS) - FAR_CONTEXT_LATENTS
+    return slice(max(0, m - sum(FRAMEPACK_BUCKETS)), max(0, m - newer))
+
+
 def anchor_identity(motion_latents: torch.Tensor, still_ref: torch.Tensor, weight: float) -> torch.Tensor:
-    """``motion_latents`` [16, M, h, w] with the oldest ``FAR_CONTEXT_LATENTS`` blended ``weight``
-    toward ``still_ref`` (the same positions of a still reference window)."""
-    m = motion_latents.shape[1]
-    far = min(FAR_CONTEXT_LATENTS, m)
+    """``motion_latents`` [16, M, h, w] with the latents of the far FramePack group
+    (:func:`far_context_slice`) blended ``weight`` toward ``still_ref`` (the same positions of a
+    still reference window)."""
+    far = far_context_slice(motion_latents.shape[1])
     out = motion_latents.clone()
-    out[:, :far] = torch.lerp(motion_latents[:, :far], still_ref[:, :far].to(motion_latents), weight)
+    out[:, far] = torch.lerp(motion_latents[:, far], still_ref[:, far].to(motion_latents), weight)
     return out
 
 

@@ -153,11 +153,24 @@ def test_identity_anchor_blends_only_the_far_context_toward_a_still_reference(pi
     assert torch.allclose(still[:, 0], shot.ref_latents[0, :, 0], atol=1e-5)
 
 
+@pytest.mark.parametrize("m, far", [(19, (0, 16)), (9, (0, 6)), (25, (6, 22)), (3, (0, 0))])
+def test_identity_anchor_blends_what_the_far_framepack_group_sees(m, far):
+    """Other motion lengths than the release's 19 latents: the DiT sees the last 19 (zeros in front
+    when fewer), the oldest 16 of them in its 4x group; only those are blended."""
+    z, still = torch.randn(16, m, 4, 4), torch.randn(16, m, 4, 4)
+    full = anchor_identity(z, still, 1.0)
+    lo, hi = far
+    assert torch.equal(full[:, lo:hi], still[:, lo:hi])
+    assert torch.equal(full[:, :lo], z[:, :lo]) and torch.equal(full[:, hi:], z[:, hi:])
+
+
 def test_identity_anchor_in_the_chain_moves_the_handed_latents_toward_the_reference(pipe, shot):
-    s = dataclasses.replace(S, identity_anchor=0.5)
+    # 25 motion frames = 7 latents, the oldest 4 of them in the DiT's far FramePack group (with the
+    # suite's usual 9 frames = 3 latents all are newer, and the anchor leaves them alone)
+    s = dataclasses.replace(S, identity_anchor=0.5, motion_frames=25)
     _, r, states = chain(pipe, shot, s, clips=2)
     with torch.inference_mode():
-        still = still_reference_latents(pipe.vae, shot.ref_pixels, S.motion_latent_frames)
+        still = still_reference_latents(pipe.vae, shot.ref_pixels, s.motion_latent_frames)
         fresh = pipe.vae.encode(states[0].motion_pixels).float()
     assert torch.allclose(r.motion_in[1][0], anchor_identity(fresh, still, 0.5), atol=1e-6)
     assert not torch.allclose(r.motion_in[1][0], fresh, atol=1e-3)
