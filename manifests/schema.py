@@ -94,7 +94,7 @@ COLUMNS: tuple[ColumnSpec, ...] = (
     ColumnSpec("order", INT, False, None, pa.int64(), "position in the film, >= 0"),
     ColumnSpec("segment_mode", STRING, False, DEFAULT_SEGMENT_MODE, pa.string(), "|".join(SEGMENT_MODES)),
     ColumnSpec("fast", BOOL, False, None, pa.bool_(),
-               "fast mode's sampling (step cache, fewer unconditional forwards); null -> the run's --fast"),
+               "fast mode's sampling (the audio-aware step cache); null -> the run's --fast"),
 )
 COLUMN_BY_NAME: dict[str, ColumnSpec] = {c.name: c for c in COLUMNS}
 REQUIRED_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.required)

@@ -69,8 +69,9 @@ def _add_render_options(p: argparse.ArgumentParser) -> None:
                    help="decode in spatial tiles of NxN latents (8N pixels, overlap min(8, N/2) latents, blended): the VAE "
                         "decode's memory becomes one tile's; changes pixels slightly (default: whole frames)")
     p.add_argument("--fast", action="store_true",
-                   help="fast mode: step caching that keeps the audio injection exact, the unconditional branch "
-                        "on fewer steps, and where the GPU has them fp8 linears, bf16 VAE and FlashAttention-4; "
+                   help="fast mode: a step cache that skips the DiT's blocks on steps whose input barely changed "
+                        "(the audio injection kept exact), and where the GPU has them fp8 linears, bf16 VAE and "
+                        "FlashAttention-4; "
                         "prints what it turned on (quality cost: benchmarks/results/fast_mode.md)")
     p.add_argument("--motion-handoff", default=d.motion_handoff, choices=("pixels", "latents"),
                    help="what the next clip is conditioned on: re-encoded decoded frames (pixels, official) or the "

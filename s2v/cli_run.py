@@ -157,7 +157,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--start-from-ref", action="store_true", help="official --start_from_ref")
     p.add_argument("--no-cfg-batch", action="store_true", help="run the two CFG passes one after the other")
     p.add_argument("--fast", action="store_true",
-                   help="fast mode's sampling (step cache, fewer unconditional forwards) for shots whose manifest "
+                   help="fast mode's sampling (the audio-aware step cache) for shots whose manifest "
                         "'fast' cell is null; groups of one GPU only")
     p.add_argument("--fp8", action="store_true",
                    help="fp8 e4m3 linear layers in every rank's DiT (GPU sm89+; changes numbers slightly)")

@@ -136,6 +136,12 @@ def test_guidance_schedule_counts_the_unconditional_forwards(until, every, expec
         assert renderer.fast_stats[0].forwards == 12 + expected
 
 
+@pytest.mark.parametrize("until,steps,expected", [(0.55, 100, 55), (0.28, 25, 7), (0.14, 50, 7)])
+def test_guidance_interval_is_not_lengthened_by_float_error(until, steps, expected):
+    """until x steps that is whole in decimal but not in binary floating point (0.55 x 100)."""
+    assert GuidanceSchedule(steps, until, 1).uncond_steps() == expected
+
+
 def test_guidance_reuse_with_a_current_difference_is_plain_cfg():
     from render.model.fast import reuse_guidance
 

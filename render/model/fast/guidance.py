@@ -38,7 +38,8 @@ class GuidanceSchedule:
 
     def runs_uncond(self, step: int) -> bool:
         """Does ``step`` (0-based) run the unconditional forward?"""
-        return step < math.ceil(self.until * self.steps) and step % self.every == 0
+        # rounded first: 0.55 * 100 is 55.00000000000001 in floating point, which ceil makes 56
+        return step < math.ceil(round(self.until * self.steps, 9)) and step % self.every == 0
 
     def uncond_steps(self) -> int:
         return sum(self.runs_uncond(i) for i in range(self.steps))
