@@ -38,8 +38,8 @@ from cluster.lease import Lease, LeaseHeld
 from cluster.ledger import RunDir
 from cluster.settings import EngineOptions, RunSettings
 from manifests import ManifestError, Shot, read_manifest, read_manifest_partial
-from manifests.problems import DEFAULT_MAX_PROBLEMS, ValidationReport
-from manifests.validate import PartialManifest
+from manifests.problems import DEFAULT_MAX_PROBLEMS, Problem, ValidationReport
+from manifests.validate import InvalidRow, PartialManifest
 
 log = logging.getLogger("cluster")
 
@@ -85,14 +85,18 @@ def load_manifest(req: RunRequest) -> PartialManifest | int:
                                   check_media=req.check_media)
             partial = read_manifest_partial(req.manifest, req.allowed_roots, run_seed=req.settings.run_seed,
                                             check_media=False) if _has_passthrough(req.manifest) else None
-            return PartialManifest(ValidationReport(req.manifest), shots, [],
-                                   partial.passthrough if partial else None)
-        loaded = read_manifest_partial(req.manifest, req.allowed_roots, run_seed=req.settings.run_seed,
-                                       check_media=req.check_media)
+            loaded = PartialManifest(ValidationReport(req.manifest), shots, [],
+                                     partial.passthrough if partial else None)
+        else:
+            loaded = read_manifest_partial(req.manifest, req.allowed_roots, run_seed=req.settings.run_seed,
+                                           check_media=req.check_media)
     except ManifestError as exc:
         _say(f"manifest {req.manifest} is {'unreadable' if exc.report.file_unreadable else 'invalid'}:\n"
              f"{exc.report.format_table(max_problems=DEFAULT_MAX_PROBLEMS)}")
         return ec.EXIT_UNREADABLE if exc.report.file_unreadable else ec.EXIT_INVALID
+    loaded = _set_aside_rows_this_run_cannot_render(req, loaded)
+    if isinstance(loaded, int):
+        return loaded
     if loaded.invalid:
         problems = [p for r in loaded.invalid for p in r.problems]
         table = ValidationReport(req.manifest, problems, loaded.report.num_rows).format_table(
@@ -101,6 +105,29 @@ def load_manifest(req: RunRequest) -> PartialManifest | int:
              "rendered and are recorded as failed shots (failure stage 'validation'; --strict refuses the run "
              f"instead):\n{table}")
     return loaded
+
+
+def _set_aside_rows_this_run_cannot_render(req: RunRequest, loaded: PartialManifest) -> PartialManifest | int:
+    """Rows valid on their own that this run's options cannot render: a ``fast`` cell that is true
+    in a run whose render groups have several GPUs (the step cache runs on one GPU per shot).
+    They become invalid rows like any other (--strict: the run is refused)."""
+    if req.engine.group_size == 1:
+        return loaded
+    bad = [s for s in loaded.shots if s.fast]
+    if not bad:
+        return loaded
+    problems = {s.shot_id: Problem(s.row, s.shot_id, "fast", "True", "fast-needs-one-gpu",
+                                   f"fast mode renders a shot on one GPU; this run has --group-size "
+                                   f"{req.engine.group_size}: set the cell to false or null, or run with "
+                                   "--group-size 1 (and --groups N for more GPUs)") for s in bad}
+    if req.strict:
+        table = ValidationReport(req.manifest, list(problems.values()), len(loaded.shots)).format_table(
+            max_problems=DEFAULT_MAX_PROBLEMS)
+        _say(f"manifest {req.manifest} is invalid for this run:\n{table}")
+        return ec.EXIT_INVALID
+    invalid = [*loaded.invalid, *(InvalidRow(s.row, s.shot_id, [problems[s.shot_id]]) for s in bad)]
+    invalid.sort(key=lambda r: (r.row is None, r.row or 0))
+    return PartialManifest(loaded.report, [s for s in loaded.shots if not s.fast], invalid, loaded.passthrough)
 
 
 def _has_passthrough(manifest: Path) -> bool:
