@@ -203,5 +203,5 @@ def stitch_and_record(run_dir: str, shot: Shot, plan: dict[str, Any], settings: 
     atomic_write_json(run.published_file(shot.shot_id), record)
     if not keep_work:  # the intermediates are only needed until the shot is published
         shutil.rmtree(run.work_dir(shot.shot_id), ignore_errors=True)
-    record_shot_qa(run, shot, shot_plan, record, render_settings.official_frame_drop)
+    record_shot_qa(run, shot, shot_plan, record, render_settings.drops_first_frames)
     return record

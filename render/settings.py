@@ -254,6 +254,12 @@ class RenderSettings:
     def motion_latent_frames(self) -> int:
         return (self.motion_frames + 3) // 4
 
+    @property
+    def drops_first_frames(self) -> bool:
+        """Whether the shot's first clip is 3 frames short: the official drop applies to a first
+        clip without motion frames, and ``start_from_ref`` gives the first clip motion frames."""
+        return self.official_frame_drop and not self.start_from_ref
+
 
 #: the defaults as one (valid) instance: ``DEFAULT_SETTINGS.crf`` is the default crf everywhere.
 DEFAULT_SETTINGS = RenderSettings()

@@ -244,7 +244,7 @@ class ChainRenderer:
         return not (clip == 0 and not self.s.start_from_ref)
 
     def frames_kept(self, clip: int, segment: int = 0) -> int:
-        if self.s.official_frame_drop and segment == 0 and not self.clip_uses_motion(clip, segment):
+        if self.s.drops_first_frames and segment == 0 and clip == 0:
             return self.s.infer_frames - 3
         return self.s.infer_frames
 

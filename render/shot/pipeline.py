@@ -124,7 +124,7 @@ def _write_qa_report(path: Path, out_path: Path, plan: ShotPlan, cond, settings:
     from render.quality.seams import decoded_frames, seam_report
 
     ref = ((cond.ref_pixels.permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).byte().numpy()
-    rep = seam_report(decoded_frames(out_path), plan, ref, settings.official_frame_drop)
+    rep = seam_report(decoded_frames(out_path), plan, ref, settings.drops_first_frames)
     rep["plan"] = plan.to_dict()
     Path(path).write_text(json.dumps(rep, indent=1))
 

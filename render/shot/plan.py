@@ -214,7 +214,7 @@ def shot_frames(duration_s: float, fps: int) -> int:
 def clips_for(num_frames: int, settings: RenderSettings, first_segment: bool) -> int:
     """Clips a chain needs to cover ``num_frames`` (the official 3-frame drop shortens clip 0)."""
     first = settings.infer_frames
-    if first_segment and settings.official_frame_drop and not settings.start_from_ref:
+    if first_segment and settings.drops_first_frames:
         first -= 3
     return 1 + max(0, math.ceil((num_frames - first) / settings.infer_frames))
 

@@ -312,3 +312,18 @@ def test_small_reference_warns_once_per_shot(tmp_path: Path, caplog: pytest.LogC
     with caplog.at_level(logging.WARNING):
         plan_shot(tmp_path / AUDIO, large, settings, SegmentOptions())
     assert not [r for r in caplog.records if "smaller than the asked size" in r.getMessage()]
+
+
+def test_the_first_clip_is_short_only_without_motion_frames():
+    """The official 3-frame drop applies to a first clip without motion frames; with start_from_ref
+    the first clip has them and keeps every frame (the renderer, the planner and QA agree)."""
+    from render.model.clip_loop import ChainRenderer
+    from render.shot.plan import clips_for
+
+    for drop, from_ref, short in ((False, False, False), (True, False, True), (True, True, False)):
+        s = RenderSettings(official_frame_drop=drop, start_from_ref=from_ref)
+        assert s.drops_first_frames == short
+        renderer = ChainRenderer.__new__(ChainRenderer)
+        renderer.s = s
+        assert renderer.frames_kept(0) == 80 - 3 * short and renderer.frames_kept(1) == 80
+        assert clips_for(160, s, first_segment=True) == (3 if short else 2)
