@@ -208,8 +208,16 @@ class RunEngine:
                     break
                 self._wait_and_handle(0.5)
                 self._publish_state()
-        finally:
+        except BaseException:
             self._shutdown()
+            # A stopped or failed run's results file still shows what was published until now
+            # (it is otherwise rewritten only every results_interval_s).
+            try:
+                self._publish_state(force=True)
+            except Exception:
+                log.exception("writing the results file after the run stopped failed")
+            raise
+        self._shutdown()
         self._publish_state(force=True)
         return {state: sum(1 for s in self.status.values() if s.state == state) for state in ("done", "failed")}
 

@@ -196,3 +196,25 @@ def test_kill_9_of_the_prep_actor_restarts_it_and_every_shot_publishes(local_ray
         assert status["state"] == "done", status
         assert Path(r["output"]).is_file()
     assert "preparation actor died" in (run_dir / "logs" / "driver.log").read_text()
+
+
+def test_sigterm_stops_gracefully_and_the_results_file_shows_the_published_shots(local_ray, tmp_path, tiny_ckpt):
+    """SIGTERM (cron's timeout, a scheduler's pre-emption): exit 130 and a results file that lists
+    every shot published before the stop as done, although results are otherwise rewritten only
+    every 30 s."""
+    rows = shot_rows(tmp_path, [1.0, 1.0, 3.0, 3.0, 3.0, 3.0], tmp_path / "out", steps=2)
+    rows[0]["priority"] = rows[1]["priority"] = 5  # the short ones first
+    manifest = write_rows(rows, tmp_path / "m.parquet")
+    run_dir = tmp_path / "run"
+    proc = start_driver(cli_args(manifest, run_dir, tiny_ckpt, local_ray["gcs_address"]), tmp_path / "driver.log")
+    try:
+        wait_for(lambda: list((run_dir / "shots").glob("*/published.json")), 300, "a published shot")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == ec.EXIT_INTERRUPTED, (tmp_path / "driver.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    published = {p.parent.name for p in (run_dir / "shots").glob("*/published.json")}
+    results = {r.shot_id: r.status for r in read_results(run_dir / "results.parquet")}
+    assert published and len(published) < len(rows), "the run finished before the stop; nothing to test"
+    assert {sid for sid, status in results.items() if status == "done"} == published
