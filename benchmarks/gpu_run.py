@@ -74,6 +74,8 @@ class MetricsScraper:
 
     def __init__(self, driver_log: Path, folder: Path, every_s: float):
         self.driver_log, self.folder, self.every_s = driver_log, folder, every_s
+        # The driver appends to its log: a resumed run's log holds the previous run's port first.
+        self.log_offset = driver_log.stat().st_size if driver_log.is_file() else 0
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="metrics-scraper", daemon=True)
         self.port: int | None = None
@@ -85,7 +87,9 @@ class MetricsScraper:
 
     def _find_port(self) -> int | None:
         try:
-            m = _METRICS_PORT.search(self.driver_log.read_text(errors="replace"))
+            with self.driver_log.open("rb") as fh:
+                fh.seek(self.log_offset)
+                m = _METRICS_PORT.search(fh.read().decode(errors="replace"))
         except OSError:
             return None
         return int(m.group(1)) if m else None
