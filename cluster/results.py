@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -96,12 +97,29 @@ def read_shot_qa(run: RunDir, shot_id: str, published: dict[str, Any] | None = N
     return qa
 
 
+# The lip-sync measure reads the tiny demo model's mouth colour (render.quality.lipsync). Models
+# at least this wide (the release's DiT is 5120) draw real faces, where a burgundy shirt or
+# lipstick would give a meaningless score and a false flag: their shots are not measured.
+LIPSYNC_MAX_DIT_DIM = 1024
+
+
+def measures_lipsync(ckpt: str | Path) -> bool:
+    """Whether shots of the checkpoint ``ckpt`` get a lip-sync score (a tiny demo-sized DiT)."""
+    from render.model.checkpoint import DiTConfig
+
+    try:
+        return DiTConfig.from_json(Path(ckpt) / "config.json").dim < LIPSYNC_MAX_DIT_DIM
+    except Exception:  # QA never fails a shot; an unreadable config was reported when loading
+        return False
+
+
 def record_shot_qa(run: RunDir, shot: Shot, plan: Any, published: dict[str, Any],
-                   official_frame_drop: bool = False) -> dict[str, Any]:
+                   official_frame_drop: bool = False, lipsync: bool = True) -> dict[str, Any]:
     """Measure a just-published shot's quality curves (render.quality.curves) into its ledger
     folder: qa-curves.json, qa.png, seams.png, then the summary qa.json. Never raises: a shot
     whose measurement fails stays published; the error is logged and recorded in qa.json (and
-    the results row's ``qa_error``). Cost: one decode of the output at a reduced size."""
+    the results row's ``qa_error``). Cost: one decode of the output at a reduced size.
+    ``lipsync``: measure it (``measures_lipsync`` of the run's checkpoint)."""
     from render.quality.curves import plan_curves
     from render.quality.plots import QaFiles, write_qa_files
 
@@ -109,7 +127,7 @@ def record_shot_qa(run: RunDir, shot: Shot, plan: Any, published: dict[str, Any]
     t0 = time.time()
     record: dict[str, Any] = {"sha256": published["sha256"], "output": published["output"]}
     try:
-        curves = plan_curves(published["output"], plan, shot.image, shot.audio,
+        curves = plan_curves(published["output"], plan, shot.image, shot.audio if lipsync else None,
                              official_frame_drop=official_frame_drop)
         write_qa_files(curves, QaFiles(folder / QA_CURVES_FILE, folder / QA_PLOT_FILE, folder / QA_SHEET_FILE))
         record.update(summary=curves.summary(), plot=QA_PLOT_FILE, sheet=QA_SHEET_FILE, curves=QA_CURVES_FILE)
@@ -196,12 +214,14 @@ def stitch_and_record(run_dir: str, shot: Shot, plan: dict[str, Any], settings: 
 
     run = RunDir(run_dir)
     shot_plan = ShotPlan.from_dict(plan)
-    render_settings = RunSettings.from_dict(settings).render_settings(shot)
+    run_settings = RunSettings.from_dict(settings)
+    render_settings = run_settings.render_settings(shot)
     t0 = time.time()
     published = stitch_shot(shot, shot_plan, render_settings, run.work_dir(shot.shot_id))
     record = {**asdict(published), "published_at": time.time(), "stitch_seconds": time.time() - t0}
     atomic_write_json(run.published_file(shot.shot_id), record)
     if not keep_work:  # the intermediates are only needed until the shot is published
         shutil.rmtree(run.work_dir(shot.shot_id), ignore_errors=True)
-    record_shot_qa(run, shot, shot_plan, record, render_settings.drops_first_frames)
+    record_shot_qa(run, shot, shot_plan, record, render_settings.drops_first_frames,
+                   lipsync=measures_lipsync(run_settings.ckpt))
     return record

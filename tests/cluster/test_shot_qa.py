@@ -100,3 +100,21 @@ def test_results_refuse_bad_qa_values(tmp_path, bad):
 
     with pytest.raises(ResultsError, match=next(iter(bad))):
         write_results([ResultRow(shot_id="s", status="done", **bad)], tmp_path / "r.parquet")
+
+
+def test_lipsync_is_measured_for_tiny_demo_models_only(tmp_path, tiny_ckpt):
+    """The measure reads the tiny model's mouth colour: a release-width DiT's shots (real faces,
+    where a burgundy shirt would score) get no lip-sync score or flag; an unreadable config none."""
+    import json
+    from pathlib import Path
+
+    from cluster.results import measures_lipsync
+    from tinymodel.export import SHIPPED_DIR
+
+    assert measures_lipsync(SHIPPED_DIR) and measures_lipsync(tiny_ckpt)
+    release = tmp_path / "release"
+    release.mkdir()
+    cfg = json.loads((Path(SHIPPED_DIR) / "config.json").read_text())
+    (release / "config.json").write_text(json.dumps({**cfg, "dim": 5120, "num_heads": 40}))
+    assert not measures_lipsync(release)
+    assert not measures_lipsync(tmp_path / "missing")
