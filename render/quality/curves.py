@@ -350,7 +350,11 @@ class _FramePass:
         self.faces = np.zeros(frames, np.float32)
         self.mouth = np.zeros(frames, np.float32)
         self.keeper = SeamFrameKeeper(sheet_seams)
-        self.seam_at = {s[3] + s[4]: i for i, s in enumerate(layout.seams)}  # first frame after each transition
+        # first frame after each transition -> its seams (a join whose crossfade ends where a clip of
+        # the next segment starts shares that frame with the clip boundary)
+        self.seam_at: dict[int, list[int]] = {}
+        for i, s in enumerate(layout.seams):
+            self.seam_at.setdefault(s[3] + s[4], []).append(i)
         # Seams waiting for the frames after them: (due frame, seam, picture jump, (before, after)).
         self.pending: list[tuple[int, int, float, tuple[np.ndarray, np.ndarray]]] = []
         self.picture_jump: dict[int, float] = {}
@@ -369,12 +373,12 @@ class _FramePass:
         if self.ref_face is not None:
             self.faces[f] = float(face_vector(frame) @ self.ref_face)
         self.mouth[f] = float(self.measure_mouth(frame[None])[0])
-        i = self.seam_at.get(f)
-        if i is not None and f > 0 and len(ring) > self.layout.seams[i][4] + 1:
-            pair = (ring[-2 - self.layout.seams[i][4]], frame)
-            self.picture_jump[i] = mean_abs_diff(*pair)
-            due = min(f + self.windows[self.layout.seams[i][4] + 1], interval_of(self.clean, f)[1])
-            self.pending.append((due, i, self.picture_jump[i], pair))
+        for i in self.seam_at.get(f, ()):
+            if f > 0 and len(ring) > self.layout.seams[i][4] + 1:
+                pair = (ring[-2 - self.layout.seams[i][4]], frame)
+                self.picture_jump[i] = mean_abs_diff(*pair)
+                due = min(f + self.windows[self.layout.seams[i][4] + 1], interval_of(self.clean, f)[1])
+                self.pending.append((due, i, self.picture_jump[i], pair))
         if self.pending:
             ready = [p for p in self.pending if p[0] <= f + 1]
             self.pending = [p for p in self.pending if p[0] > f + 1]

@@ -273,3 +273,14 @@ def test_s2v_qa_help_documents_the_thresholds(capsys):
                             ("--face-similarity", th.face_similarity), ("--lipsync-corr", th.lipsync_corr)):
         assert f"{option} {default:g}:" in text
     assert "FLAGGED, not failed" in text
+
+
+def test_a_join_whose_crossfade_ends_on_a_clip_boundary_is_still_measured():
+    """A crossfade as long as a clip: the join's first frame after the transition is also where a
+    clip of the next segment starts; both seams are measured (the join used to drop out)."""
+    from render.quality.curves import curves_of_frames
+
+    frames = _scene(200, speed=6.0)
+    c = curves_of_frames(iter(frames), len(frames), FPS, None, None, FPS, 16, [(80, 16)])
+    kinds = [(s.kind, s.frame) for s in c.seams]
+    assert ("join", 80) in kinds and ("clip", 96) in kinds, kinds
