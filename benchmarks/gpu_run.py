@@ -62,6 +62,10 @@ def make_inputs(folder: Path) -> None:
     print("inputs in", folder, sum(p.stat().st_size for p in folder.iterdir()) // 1024, "KiB")
 
 
+# After --stop-after: how long the graceful stop may take (a render group still loading the 14B
+# model finishes that first) before the driver is killed. Leave this much of a call's limit free.
+STOP_GRACE_S = 90
+
 # The driver logs the Ray connection, e.g. "ray: {'address': ..., 'metrics_export_port': 38277}".
 _METRICS_PORT = re.compile(r"'metrics_export_port': (\d+)")
 
@@ -190,7 +194,7 @@ def run(a: argparse.Namespace) -> int:
               flush=True)
         proc.terminate()
         try:
-            rc = proc.wait(timeout=45)
+            rc = proc.wait(timeout=STOP_GRACE_S)
         except subprocess.TimeoutExpired:
             proc.kill()
             rc = proc.wait()
@@ -245,7 +249,8 @@ def main() -> int:
     r.add_argument("--prep-threads", type=int, default=0,
                    help="torch threads of the preparation actor (umT5 and wav2vec on the CPU; 0: s2v run's default)")
     r.add_argument("--stop-after", type=float, default=0.0, metavar="S",
-                   help="stop `s2v run` gracefully after S seconds (fit a device call's limit; resumable)")
+                   help="stop `s2v run` gracefully after S seconds (resumable); keep S + 90 s + the copying "
+                        "under the device call's limit")
     r.add_argument("--cap-gib", type=float, default=0.0, metavar="G",
                    help="cap each rank's GPU memory at G GiB (S2V_CUDA_MEMORY_CAP_GIB): e.g. 54 on an 80 GB card "
                         "makes the 720p shot run out of memory while the 480p shots render")
