@@ -181,9 +181,6 @@ def run(a: argparse.Namespace) -> int:
     env = dict(os.environ)
     if a.cap_gib:  # the ranks' allocator capped: a real out-of-memory error on a large card
         env["S2V_CUDA_MEMORY_CAP_GIB"] = str(a.cap_gib)
-        summary_cap = {"cap_gib": a.cap_gib}
-    else:
-        summary_cap = {}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     try:
         rc = proc.wait(timeout=a.stop_after or None)
@@ -202,7 +199,7 @@ def run(a: argparse.Namespace) -> int:
     if nvsmi is not None:
         nvsmi.terminate()
         nvsmi.wait()
-    summary = {"exit": rc, "wall_s": round(wall, 1), "steps": a.steps, "cmd": cmd, **summary_cap}
+    summary = {"exit": rc, "wall_s": round(wall, 1), "steps": a.steps, "cmd": cmd, "cap_gib": a.cap_gib or None}
     if scraper is not None:
         summary["metrics"] = scraper.stop()
         print(f"metrics: {summary['metrics']}")
