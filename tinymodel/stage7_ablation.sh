@@ -6,7 +6,8 @@
 # jump 1.66x (max 2.25x) vs 1.25x (1.69x) of the within-clip p95, colour drift at the last clip 13.8
 # vs 10.7 (benchmarks/results/tiny_model_training.md). This fine-tunes stage 6 five ways at once on
 # one GPU (the tiny DiT leaves an H100 mostly idle, so the runs share it), each changing one thing
-# from the same base, then evaluates all five over 60 s and prints one table:
+# from the same base, then evaluates all five over 60 s and prints one table (OUT keeps table.md and
+# ablation.tar.gz with the JSONs, boundary strips and logs):
 #
 #   control   ground-truth hand-offs (is fine-tuning on new characters alone harmful?)
 #   renderer  hand-offs made as the renderer makes them, nothing else
@@ -76,4 +77,7 @@ for j in "${!evaluated[@]}"; do
 done
 [ ${#jsons[@]} -gt 0 ] || { echo "stage7_ablation: nothing to compare"; exit 1; }
 "$py" -m tinymodel.chain_table "${jsons[@]}" | tee "$out/table.md"
+# The device tool returns at most 8 files from a call: everything but the table in one archive.
+(cd "$out" && tar -czf ablation.tar.gz --exclude=table.md --exclude=ablation.tar.gz ./*.json ./*.png ./*.log \
+  && find . -maxdepth 1 -type f ! -name table.md ! -name ablation.tar.gz -delete) || true
 [ ${#failed[@]} = 0 ] && [ ${#jsons[@]} = $((${#trained[@]} + 1)) ]
