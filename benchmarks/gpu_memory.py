@@ -231,13 +231,15 @@ def guarded_clip(models: S2VModels, settings: RenderSettings, cond: ShotConditio
             message = out_of_memory_message(exc, width=size.width, height=size.height, size=size.area,
                                             device=dev, offload=models.offload)
         result["failed_at"] = where
+    # read before free_device_memory, which resets the peak statistics after a failure
+    peak_reserved = torch.cuda.max_memory_reserved(dev) / GIB if dev.type == "cuda" else 0.0
     if message is not None or "error" in result:
         offload = getattr(models._dit, "offload", None)
         if offload is not None:
             offload.release_all()
         free_device_memory(dev)
     result.update(oom=message, allocated_before_gib=round(before, 3), allocated_after_gib=round(allocated_gib(dev), 3),
-                  peak_reserved_gib=round(torch.cuda.max_memory_reserved(dev) / GIB, 2) if dev.type == "cuda" else 0)
+                  peak_reserved_gib=round(peak_reserved, 2))
     set_cap(dev, None)
     return result
 
