@@ -29,8 +29,8 @@ from render.quality.lipsync import MOUTH_RGB, lipsync_of_video
 from render.quality.seams import frame_change, rgb_to_lab
 from tinymodel.faces import FPS, Character, random_character, reference_frame, to_uint8
 from tinymodel.speech import SAMPLE_RATE, Corpus, speech_track
+from tinymodel.windows import CLIP_FRAMES
 
-CLIP_FRAMES = 80
 EYE_KEPT_CORR = 0.5  # eye box luminance correlation with the reference at or above: the eye is there
 MOUTH_KEPT_SHARE = 0.3  # lip/mouth-coloured pixels at least this share of the reference's: mouth there
 COLOUR_TOLERANCE = 0.25  # RGB distance (0..1) under which a pixel has a feature's colour
