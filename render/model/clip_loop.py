@@ -19,7 +19,8 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -33,7 +34,7 @@ from render.model.fast import (
     reuse_guidance,
     sampling_stats,
 )
-from render.model.handoff import anchor_colour, hands_off_eagerly, next_motion_latents
+from render.model.handoff import anchor_colour, changes_motion_latents, next_motion_latents
 from render.model.samplers import make_sampler
 from render.model.vae import WanVAE
 from render.settings import RenderSettings
@@ -154,8 +155,15 @@ class ChainState:
     # VAE encoding of motion_pixels, filled lazily (the next clip needs it; persisting a small
     # latent instead of 73 float frames keeps segment checkpoints small).
     motion_latents: torch.Tensor | None = None
+    # Makes motion_latents where a long-form countermeasure changes them (render.model.handoff);
+    # called on first use like the plain encode, so a chain's last clip costs no VAE work.
+    pending: Callable[[], torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     def ensure_motion_latents(self, vae: WanVAE) -> torch.Tensor:
+        if self.motion_latents is None and self.pending is not None:
+            with torch.inference_mode():
+                self.motion_latents = self.pending()
+            self.pending = None
         if self.motion_latents is None:
             if self.motion_pixels is None:
                 raise ValueError("this chain state holds no motion pixels (a non-writer rank of a render "
@@ -305,9 +313,9 @@ class ChainRenderer:
             video = anchor_colour(video, shot.ref_pixels, s.colour_anchor)
         buf = torch.cat([state.motion_pixels, video], dim=1)[:, -s.motion_frames:]
         nxt = ChainState(clip + 1, buf.contiguous())
-        if hands_off_eagerly(s):  # a countermeasure changes the next clip's motion latents
-            nxt.motion_latents = next_motion_latents(self.vae, s, latents, nxt.motion_pixels, shot.ref_pixels,
-                                                     decoded if video is not decoded else None)
+        if changes_motion_latents(s):
+            nxt.pending = partial(next_motion_latents, self.vae, s, latents, nxt.motion_pixels, shot.ref_pixels,
+                                  decoded if video is not decoded else None)
         return video, nxt
 
     def sample(self, shot: ShotConditioning, audio: torch.Tensor, pose: torch.Tensor | None,

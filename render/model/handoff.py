@@ -39,9 +39,9 @@ from render.settings import RenderSettings
 FAR_CONTEXT_LATENTS = FRAMEPACK_BUCKETS[-1]
 
 
-def hands_off_eagerly(settings: RenderSettings) -> bool:
-    """Whether the next clip's motion latents are made right after a clip (a countermeasure
-    changes them) instead of lazily from the motion pixels (the official path)."""
+def changes_motion_latents(settings: RenderSettings) -> bool:
+    """Whether a countermeasure makes the next clip's motion latents (:func:`next_motion_latents`)
+    instead of the official plain encode of the motion pixels."""
     return settings.motion_handoff != "pixels" or settings.identity_anchor > 0
 
 
@@ -161,7 +161,7 @@ def anchor_identity(motion_latents: torch.Tensor, still_ref: torch.Tensor, weigh
 def next_motion_latents(vae: WanVAE, settings: RenderSettings, sampled: torch.Tensor, motion_pixels: torch.Tensor,
                         ref_pixels: torch.Tensor, uncorrected_tail: torch.Tensor | None) -> torch.Tensor:
     """The motion latents [1, 16, M, h, w] (float32, CPU) the next clip is conditioned on, with the
-    countermeasures of ``settings`` applied (only called when ``hands_off_eagerly``)."""
+    countermeasures of ``settings`` applied (only called when ``changes_motion_latents``)."""
     if settings.motion_handoff == "latents":
         z = latents_from_sampled(vae, sampled, motion_pixels, uncorrected_tail)
     else:

@@ -95,6 +95,24 @@ def test_latent_handoff_takes_the_sampled_latents_and_a_one_frame_image_latent(p
     assert torch.equal(frames[0], official[0]) and not torch.equal(frames[1], official[1])
 
 
+@pytest.mark.parametrize("change", [dict(motion_handoff="latents"), dict(identity_anchor=0.5, motion_frames=25)])
+def test_countermeasure_latents_are_made_when_the_next_clip_needs_them(pipe, shot, monkeypatch, change):
+    encodes = []
+    real = type(pipe.vae).encode
+    monkeypatch.setattr(type(pipe.vae), "encode", lambda self, x: encodes.append(1) or real(self, x))
+    clips = 3
+    _, _, states = chain(pipe, shot, dataclasses.replace(S, **change), clips=clips)
+    during = len(encodes)
+    # Nothing was encoded for a clip 4 that the chain never renders ...
+    assert states[-1].motion_latents is None and states[-1].pending is not None
+    states[-1].ensure_motion_latents(pipe.vae)
+    per_handoff = len(encodes) - during
+    # ... and each hand-off inside the chain was made exactly once (+ clip 0's plain encode of
+    # its start buffer: start_from_ref).
+    assert per_handoff > 0 and during == 1 + (clips - 1) * per_handoff
+    assert states[-1].pending is None and states[-1].motion_latents is not None
+
+
 def test_latent_handoff_needs_clips_that_cover_the_motion_window():
     with pytest.raises(ValueError, match="motion_handoff"):
         RenderSettings(infer_frames=8, motion_frames=13, motion_handoff="latents")
