@@ -300,8 +300,12 @@ class Mp4Writer:
         return MuxResult(self.path, frames, float(frames / self.fps), keep_samples)
 
 
-def probe_video(path: str | Path) -> VideoInfo:
-    """Decode every packet of the first video (and first audio) stream and report exact counts."""
+def probe_video(path: str | Path, decode_video: bool = True) -> VideoInfo:
+    """Decode every packet of the first video (and first audio) stream and report exact counts.
+
+    ``decode_video=False`` counts the video stream's packets instead of decoding them (one frame
+    each in the MP4s this project writes): for a reader that decodes the frames itself next and
+    only needs the counts first; publishing keeps the full decode as its integrity check."""
     path = Path(path)
     if not path.is_file():
         raise VideoProbeError(f"{str(path)!r}: file does not exist")
@@ -315,6 +319,9 @@ def probe_video(path: str | Path) -> VideoInfo:
             selected = [vs] + ([audio] if audio is not None else [])
             frames = samples = 0
             for packet in container.demux(*selected):
+                if packet.stream is vs and not decode_video:
+                    frames += packet.size > 0  # the demuxer's last packet is an empty flush
+                    continue
                 for frame in packet.decode():
                     if packet.stream is vs:
                         frames += 1

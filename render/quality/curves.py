@@ -241,7 +241,7 @@ def shot_curves(video_path: str | Path, reference_image: str | Path | np.ndarray
     """
     from render.media.video import probe_video
 
-    info = probe_video(video_path)
+    info = probe_video(video_path, decode_video=False)  # the frames are decoded below
     ref_small = None
     if reference_image is not None:
         if isinstance(reference_image, np.ndarray):

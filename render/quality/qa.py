@@ -67,7 +67,7 @@ def qa_video(video: str | Path, plan: str | Path | ShotPlan | None = None,
     """
     from render.media.video import probe_video
 
-    info = probe_video(video)
+    info = probe_video(video, decode_video=False)  # the frames are decoded below
     if isinstance(plan, str | Path):
         plan = read_plan_file(plan)
     if plan is None:

@@ -71,6 +71,7 @@ def test_round_trip_with_audio(tmp_path: Path, fps: int, rate: int) -> None:
     assert _leftovers(tmp_path) == []
 
     info = probe_video(path)
+    assert probe_video(path, decode_video=False) == info  # packets counted, not decoded
     assert info.frames == n_frames
     assert info.fps == fps
     assert (info.width, info.height) == (W, H)
@@ -106,6 +107,7 @@ def test_video_trimmed_to_audio(tmp_path: Path) -> None:
         result = w.close(audio=(_tone(32160, rate), rate), audio_trim_to_video=False)
     assert result.frames == 33 and result.audio_samples == 32160
     info = probe_video(path)
+    assert probe_video(path, decode_video=False) == info  # the trim dropped packets, not just frames
     assert info.frames == 33
     assert 32160 <= info.audio_samples < 32160 + AAC_FRAME
     assert np.abs(_decode_video(path).astype(int) - _gradient_frames(33).astype(int)).mean() < 3.0
