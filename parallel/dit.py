@@ -93,8 +93,8 @@ class DiTSharding:
         if ctx.dims.cfg > 1 and not cfg_split and not self._warned_cfg_batch:
             self._warned_cfg_batch = True
             log.warning("batch %d is not divisible by cfg=%d: every cfg rank computes the whole batch "
-                        "(pass conditional and unconditional as one batch, RenderSettings.cfg_batch)",
-                        batch, ctx.dims.cfg)
+                        "(with RenderSettings.cfg_batch the CFG steps split; steps a guidance schedule "
+                        "runs without the unconditional branch do not)", batch, ctx.dims.cfg)
         if cfg_split:
             pick = _batch_slicer(batch, ctx.dims.cfg, ctx.cfg_rank)
             context = pick(context)

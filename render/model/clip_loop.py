@@ -378,7 +378,10 @@ class ChainRenderer:
                         last_difference = cond_v - uncond_v
                 elif guided:  # the unconditional branch is skipped: reuse its last difference
                     if cond_only is None:
-                        cond_only = condition_rows(conds[0], slice(0, 1))
+                        # A sharded DiT's condition holds only this rank's rows (cfg parallel):
+                        # the conditional row alone is prepared anew there.
+                        cond_only = (condition_rows(conds[0], slice(0, 1)) if dit.sharding is None
+                                     else prep([shot.prompt_context], [audio]))
                     announce(i, (0,))
                     pred = reuse_guidance(dit.denoise(latents, t, cond_only), last_difference, s.guidance)
                 else:

@@ -194,8 +194,9 @@ def render_clips(ckpt: str, audio: str, image: str, dims_kw: dict | None, clips:
     return torch.cat(frames, dim=1).numpy()
 
 
-def render_clips_worker(rank: int, world: int, ckpt: str, audio: str, image: str, dims_kw: dict):
-    return render_clips(ckpt, audio, image, dims_kw)
+def render_clips_worker(rank: int, world: int, ckpt: str, audio: str, image: str, dims_kw: dict,
+                        settings_kw: dict | None = None):
+    return render_clips(ckpt, audio, image, dims_kw, settings_kw=settings_kw)
 
 
 # --- the render group's hand-off (parallel.chain_sync) --------------------------------------------
