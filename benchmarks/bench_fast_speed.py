@@ -28,6 +28,7 @@ run on the same card.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import sys
@@ -41,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from render.model.checkpoint import VAE_FILE  # noqa: E402
 from render.model.clip_loop import ChainRenderer, ShotConditioning, initial_chain_state  # noqa: E402
+from render.model.components import S2VModels  # noqa: E402
 from render.model.fast import StepCache, condition_rows  # noqa: E402
 from render.model.fast.preset import FAST_SAMPLING, apply_fast  # noqa: E402
 from render.settings import RenderSettings  # noqa: E402
@@ -64,6 +66,8 @@ def parse_args(argv=None):
                    help="fast 40-step mix 'cfg,cond,cfg_skip,cond_skip' (steps of each kind per clip); default: "
                         "measured on the tiny model (fast_mode.json)")
     p.add_argument("--device", default=None)
+    p.add_argument("--phases", default="exact,fast", choices=("exact,fast", "exact", "fast"),
+                   help="which paths to time (one alone: no ratio)")
     p.add_argument("--out", required=True, help="JSON result file")
     return p.parse_args(argv)
 
@@ -247,10 +251,19 @@ def main(argv=None) -> int:
         # Sides are used as given (multiples of 16 here); the size search would pick the same for a
         # reference picture of this aspect ratio.
         exact_settings[(w, h)] = RenderSettings(size=f"{w}*{h}", steps=few)
-    # exact first (bf16 linears), then fp8 is installed in place for the fast runs
-    for phase in ("exact", "fast"):
+    # exact first (bf16 linears), then the DiT is loaded again as the product loads it for --fast
+    for phase in a.phases.split(","):
         if phase == "fast" and plan.fp8:
-            R["optimize_fast"] = optimize_dit(dit, device, fp8=True).describe()
+            del dit
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            fast_models = S2VModels(ckpt, device=device, dtype=dtype, fp8=True)
+            dit = fast_models.dit
+            R["optimize_fast"] = fast_models.optimization.describe()
+            if device.type == "cuda":
+                R["fast_dit_gib"] = torch.cuda.memory_allocated(device) / 2**30
+                torch.cuda.reset_peak_memory_stats(device)
         for w, h in sizes:
             key = f"{w}x{h}"
             entry = R["sizes"].setdefault(key, {})
@@ -268,7 +281,9 @@ def main(argv=None) -> int:
                 steps = time_steps(dit, settings, shot, device, a.repeats, kinds)
                 clip_s = time_clip(dit, vae, settings, shot, device)
             except torch.OutOfMemoryError as exc:  # recorded; the other sizes still run
-                entry[phase] = {"error": f"out of GPU memory: {str(exc)[:200]}"}
+                entry[phase] = {"error": f"out of GPU memory: {str(exc).splitlines()[0][:200]}", "oom": str(exc),
+                                "allocated_gib": torch.cuda.memory_allocated(device) / 2**30,
+                                "reserved_gib": torch.cuda.memory_reserved(device) / 2**30}
                 log.error("%s %s: out of GPU memory", key, phase)
                 torch.cuda.empty_cache()
                 continue
@@ -284,7 +299,7 @@ def main(argv=None) -> int:
                 torch.cuda.reset_peak_memory_stats(device)
             log.info("%s %s: %s", key, phase, entry[phase])
     for entry in R["sizes"].values():
-        if "error" in entry.get("exact", {}) or "error" in entry.get("fast", {}):
+        if "exact" not in entry or "fast" not in entry or "error" in entry["exact"] or "error" in entry["fast"]:
             continue
         entry["speedup_few_steps"] = entry["exact"]["clip_s_few_steps"] / entry["fast"]["clip_s_few_steps"]
         entry["speedup_40"] = entry["exact"]["clip_s_40"] / entry["fast"]["clip_s_40"]
@@ -301,17 +316,22 @@ def table(R: dict) -> str:
              f"{R['fast_mix']}", f"{R['fast_plan']}",
              f"| size | exact clip ({R['few_steps']} steps) s | fast clip s | ratio | exact GPU-s / video-s @{R['full_steps']} "
              f"| fast GPU-s / video-s | ratio | fast forwards / clip |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def cell(run: dict | None, key: str, fmt: str) -> str:
+        if run is None:
+            return "-"
+        return run["error"] if "error" in run else format(run[key], fmt)
+
     for key, e in R["sizes"].items():
-        x, f = e["exact"], e["fast"]
-        if "error" in x or "error" in f:
-            lines.append(f"| {key} | {x.get('error', '')} {f.get('error', '')} |")
-            continue
-        lines.append(f"| {key} | {x['clip_s_few_steps']:.2f} | {f['clip_s_few_steps']:.2f} | {e['speedup_few_steps']:.2f}x | "
-                     f"{x['gpu_s_per_video_s_40']:.1f} | {f['gpu_s_per_video_s_40']:.1f} | {e['speedup_40']:.2f}x | "
-                     f"{f['forwards_40']:g} of {x['forwards_40']:g} |")
+        x, f = e.get("exact"), e.get("fast")
+        both = "speedup_40" in e
+        lines.append(f"| {key} | {cell(x, 'clip_s_few_steps', '.2f')} | {cell(f, 'clip_s_few_steps', '.2f')} | "
+                     f"{format(e['speedup_few_steps'], '.2f') + 'x' if both else '-'} | "
+                     f"{cell(x, 'gpu_s_per_video_s_40', '.1f')} | {cell(f, 'gpu_s_per_video_s_40', '.1f')} | "
+                     f"{format(e['speedup_40'], '.2f') + 'x' if both else '-'} | {cell(f, 'forwards_40', 'g')} |")
     lines.append("step seconds: " + "; ".join(
-        f"{k}: exact {e['exact']['step_s']}, fast " + ", ".join(f"{n} {v:.3f}" for n, v in e['fast']['step_s'].items())
-        for k, e in R["sizes"].items() if "step_s" in e["exact"] and "step_s" in e["fast"]))
+        f"{k} {phase} " + ", ".join(f"{n} {v:.3f}" for n, v in run["step_s"].items())
+        for k, e in R["sizes"].items() for phase, run in e.items() if isinstance(run, dict) and "step_s" in run))
     return "\n".join(lines)
 
 

@@ -158,15 +158,18 @@ def _scaled_mm(xq, x_scale, wq, w_scale, bias, out_dtype):
     return out + bias if bias is not None else out
 
 
-def convert_linears_to_fp8(modules: list[tuple[nn.Module, str]]) -> int:
+def convert_linears_to_fp8(modules: list[tuple[nn.Module, str]], device: torch.device | None = None) -> int:
     """Replace ``getattr(parent, name)`` (an nn.Linear) by its FP8Linear, freeing the original
-    weight. Returns how many layers were converted."""
+    weight. ``device``: where each layer is quantised and its fp8 weights kept (default: where the
+    layer is). Returns how many layers were converted."""
     n = 0
     for parent, name in modules:
         layer = getattr(parent, name) if not isinstance(parent, nn.Sequential) else parent[int(name)]
         if not isinstance(layer, nn.Linear):
             continue
-        fp8 = FP8Linear.from_linear(layer)
+        # One layer's high-precision weight on the device at a time: transient, the same few sizes
+        # over and over, so the allocator reuses it and the fp8 weights end up back to back.
+        fp8 = FP8Linear.from_linear(layer if device is None else layer.to(device))
         if isinstance(parent, nn.Sequential):
             parent[int(name)] = fp8
         else:

@@ -70,19 +70,26 @@ class S2VModels:
         # same frames, for cards smaller than the model
         self.offload = offload
         self._dit = self._vae = self._w2v = None
+        self.optimization = None  # what optimize_dit installed on the DiT (kernels.select), once loaded
         self._prompt_cache: dict[str, torch.Tensor] = {}
 
     @property
     def dit(self):
         if self._dit is None:
             # Offloaded, the whole model never has to fit the card: it is loaded into host memory
-            # and only the non-block parts move to the device.
-            dit = load_dit(self.ckpt, device="cpu" if self.offload else self.device, dtype=self.dtype)
+            # and only the non-block parts move to the device. fp8 on a GPU: loaded into host
+            # memory too and quantised layer by layer onto the card, so the card never holds the
+            # bf16 and fp8 weights together and the fp8 ones are packed (optimize_dit).
+            staged = self.fp8 and self.device.type == "cuda" and not self.offload
+            dit = load_dit(self.ckpt, device="cpu" if self.offload or staged else self.device, dtype=self.dtype)
             # Attention backend, fused glue kernels (GPU) and optional fp8, chosen once and logged;
             # on the CPU this keeps the torch reference path.
-            optimize_dit(dit, self.device, fp8=self.fp8, fp8_attention=self.fp8_attention)
+            self.optimization = optimize_dit(dit, self.device, fp8=self.fp8, fp8_attention=self.fp8_attention,
+                                             fp8_to_device=staged)
             if self.offload:
                 offload_dit(dit, self.device)
+            elif staged:
+                dit.to(self.device)
             self._dit = dit
         return self._dit
 

@@ -99,3 +99,28 @@ def test_gpu_scaled_mm_matches_dequantised_reference():
     err = rel(got, exact)
     print("fp8 linear vs bf16 rel err", err)
     assert err < 0.06
+
+
+@needs_cuda
+def test_gpu_fp8_from_host_memory_equals_in_place_and_holds_no_bf16_copy():
+    """S2VModels loads an fp8 DiT into host memory and quantises each linear onto the card
+    (optimize_dit fp8_to_device): the same model as converting on the card, and the card's
+    memory afterwards is what the converted model holds, not what the bf16 one held."""
+    from kernels.select import optimize_dit
+
+    if not fp8.scaled_mm_supported(torch.cuda.current_device()):
+        pytest.skip("no fp8 tensor cores")
+    inp = dit_inputs()
+    in_place = small_dit("cuda", torch.bfloat16)
+    optimize_dit(in_place, "cuda", fp8=True)
+    want = run_dit(in_place, inp)
+    del in_place
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    staged = small_dit("cpu", torch.bfloat16)
+    optimize_dit(staged, "cuda", fp8=True, fp8_to_device=True)
+    staged.to("cuda")
+    held = sum(t.nbytes for t in list(staged.parameters()) + list(staged.buffers()))
+    assert all(t.is_cuda for t in list(staged.parameters()) + list(staged.buffers()))
+    assert torch.cuda.memory_allocated() - before <= held + 2**20
+    assert torch.equal(run_dit(staged, inp), want)
