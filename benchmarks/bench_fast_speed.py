@@ -45,6 +45,7 @@ from render.model.clip_loop import ChainRenderer, ShotConditioning, initial_chai
 from render.model.components import S2VModels  # noqa: E402
 from render.model.fast import StepCache, condition_rows  # noqa: E402
 from render.model.fast.preset import FAST_SAMPLING, apply_fast  # noqa: E402
+from render.model.out_of_memory import prefer_expandable_segments  # noqa: E402
 from render.settings import RenderSettings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,6 +216,7 @@ def few_step_mix(settings: RenderSettings) -> dict[str, float]:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    prefer_expandable_segments()  # as the product's processes do (render/model/out_of_memory.py)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     t_start = time.perf_counter()
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() and not a.tiny else "cpu"))
@@ -235,8 +237,10 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    dit = load_dit(ckpt, device=device, dtype=dtype)
-    R["optimize_exact"] = optimize_dit(dit, device).describe()
+    dit = None  # the exact path's DiT (bf16 linears); --fast's is loaded below, as the product loads it
+    if "exact" in a.phases.split(","):
+        dit = load_dit(ckpt, device=device, dtype=dtype)
+        R["optimize_exact"] = optimize_dit(dit, device).describe()
     vae32 = load_vae(ckpt / VAE_FILE, device=device, dtype=torch.float32)
     plan = fast_plan(str(device))
     vae_fast = load_vae(ckpt / VAE_FILE, device=device, dtype=torch.bfloat16) if plan.vae_bf16 else vae32

@@ -482,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="uncapped runs only: plain vs offload output with the same convolution algorithms "
                         "(a capped run can leave cuDNN on other ones for the rest of the process)")
     a = p.parse_args(argv)
+    from render.model.out_of_memory import prefer_expandable_segments
+
+    prefer_expandable_segments()  # as the product's processes do
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() and not a.tiny else "cpu"))
     if a.tiny:
         from tinymodel.checkpoint import write_tiny_checkpoint

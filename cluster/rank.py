@@ -112,6 +112,9 @@ class RankWorker:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
         if self.device_kind == "cuda":
+            from render.model.out_of_memory import prefer_expandable_segments
+
+            prefer_expandable_segments()  # before this process's first GPU allocation
             device = torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU
             torch.cuda.set_device(device)
             _apply_memory_cap(device)

@@ -286,6 +286,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    from render.model.out_of_memory import prefer_expandable_segments
+
+    prefer_expandable_segments()  # before any command touches a GPU
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from render.model.hub import is_hub_repo_id

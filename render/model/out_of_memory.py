@@ -10,6 +10,7 @@ the ``except`` and the exception is dropped before :func:`free_device_memory`).
 from __future__ import annotations
 
 import gc
+import os
 import re
 
 import torch
@@ -18,6 +19,23 @@ import torch
 # total capacity of 79.19 GiB of which 1.06 GiB is free."
 _TRIED = re.compile(r"Tried to allocate ([\d.]+ [KMGT]?i?B)")
 _CAPACITY = re.compile(r"total capacity of ([\d.]+ [KMGT]?i?B) of which ([\d.]+ [KMGT]?i?B) is free")
+
+
+ALLOCATOR_ENV = "PYTORCH_CUDA_ALLOC_CONF"
+EXPANDABLE_SEGMENTS = "expandable_segments:True"
+
+
+def prefer_expandable_segments() -> bool:
+    """Ask PyTorch's CUDA caching allocator for expandable segments, unless the user configured
+    the allocator (``PYTORCH_CUDA_ALLOC_CONF`` set). Call before the process first allocates on
+    a GPU (the setting is read then). With fixed segments, the freed buffers of one clip's sizes
+    leave holes the next buffers do not fit: --fast at 720p on an 80 GB H100 failed to allocate
+    3.09 GiB with 14.5 GiB reserved but unused; with expandable segments it rendered. Returns
+    whether it set the variable."""
+    if os.environ.get(ALLOCATOR_ENV):
+        return False
+    os.environ[ALLOCATOR_ENV] = EXPANDABLE_SEGMENTS
+    return True
 
 
 class ShotOutOfMemory(Exception):

@@ -3,6 +3,7 @@ code 8, and the run's rule that such a shot is not retried."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -83,3 +84,19 @@ def test_render_shot_out_of_memory_is_one_line_and_exit_8(tmp_path, capsys, monk
     main(["render-shot", "--ckpt", str(tmp_path), "--audio", str(tmp_path / "a.wav"), "--image",
           str(tmp_path / "f.png"), "--prompt", "p", "--out", str(tmp_path / "o.mp4"), "--device", "cpu", "--offload"])
     assert made["offload"] is True
+
+
+
+def test_expandable_segments_unless_the_user_configured_the_allocator(monkeypatch, tmp_path):
+    from render.model.out_of_memory import ALLOCATOR_ENV, EXPANDABLE_SEGMENTS, prefer_expandable_segments
+
+    monkeypatch.setenv(ALLOCATOR_ENV, "max_split_size_mb:512")
+    assert not prefer_expandable_segments()
+    assert os.environ[ALLOCATOR_ENV] == "max_split_size_mb:512"
+    monkeypatch.delenv(ALLOCATOR_ENV)
+    assert prefer_expandable_segments()
+    assert os.environ[ALLOCATOR_ENV] == EXPANDABLE_SEGMENTS
+    # Every s2v command asks for it before its own work (render-shot loads the models inside).
+    monkeypatch.delenv(ALLOCATOR_ENV)
+    main(["validate", "--no-media-check", str(tmp_path / "missing.parquet")])
+    assert os.environ[ALLOCATOR_ENV] == EXPANDABLE_SEGMENTS
