@@ -84,8 +84,9 @@ def optimize_dit(dit: nn.Module, device: torch.device | str | None = None, fp8: 
 
     ``fp8_to_device``: the DiT is still in host memory; each converted linear is quantised on
     ``device`` and stays there (the caller moves the rest). Converting a DiT already on the card
-    frees its bf16 weights around the new fp8 ones: ~15 GB of holes at 14B that large activation
-    buffers cannot use (--fast at 720p ran out of memory on an 80 GB card that way).
+    frees its bf16 weights between the new fp8 ones, leaving ~15 GB of holes at 14B sized for
+    weights; from host memory the fp8 weights are allocated back to back (19.4 GiB on an H100 for
+    the 14B DiT and both VAEs of bench_fast_speed).
 
     ``fp8_attention``: the self-attention through cuDNN's fp8 flash attention (sm90+, needs
     nvidia-cudnn-frontend; on CPU its float32 model, for error measurements); changes numbers."""
