@@ -257,12 +257,12 @@ def main(argv=None) -> int:
         exact_settings[(w, h)] = RenderSettings(size=f"{w}*{h}", steps=few)
     # exact first (bf16 linears), then the DiT is loaded again as the product loads it for --fast
     for phase in a.phases.split(","):
-        if phase == "fast" and plan.fp8:
+        if phase == "fast" and (plan.fp8 or dit is None):
             del dit
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            fast_models = S2VModels(ckpt, device=device, dtype=dtype, fp8=True)
+            fast_models = S2VModels(ckpt, device=device, dtype=dtype, fp8=plan.fp8)
             dit = fast_models.dit
             R["optimize_fast"] = fast_models.optimization.describe()
             if device.type == "cuda":

@@ -1,0 +1,47 @@
+"""Scripts for the GPU machines, checked on the CPU: carry_slim.sh gives back exactly the index it
+took, and bench_fast_speed.py's phases."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs a git checkout")
+def test_carry_slim_leaves_data_out_and_puts_the_index_back(tmp_path):
+    repo = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+    script = ["bash", str(ROOT / "benchmarks" / "carry_slim.sh")]
+    tracked = _git(repo, "ls-files").splitlines()
+    exclude_before = (repo / ".git" / "info" / "exclude").read_text()
+    out = subprocess.run([*script, "on"], cwd=repo, check=True, capture_output=True, text=True).stdout
+    left_out = [f for f in tracked if f not in _git(repo, "ls-files").splitlines()]
+    assert any(f.startswith("tests/data/") for f in left_out) and "tinymodel/tiny-s2v/Wan2.1_VAE.pth" in left_out
+    assert all((repo / f).is_file() for f in left_out)  # the files stay
+    assert _git(repo, "status", "--porcelain", "--untracked-files=all").count("??") == 0  # ignored, not untracked
+    assert f"{len(left_out)} files left out" in out
+    again = subprocess.run([*script, "on"], cwd=repo, capture_output=True, text=True)
+    assert again.returncode == 2  # twice is refused
+    subprocess.run([*script, "off"], cwd=repo, check=True, capture_output=True)
+    assert _git(repo, "ls-files").splitlines() == tracked
+    assert _git(repo, "status", "--porcelain") == ""
+    assert (repo / ".git" / "info" / "exclude").read_text() == exclude_before
+
+
+def test_bench_fast_speed_phases_on_the_tiny_model(tmp_path):
+    from benchmarks.bench_fast_speed import main
+
+    assert main(["--tiny", "--phases", "fast", "--out", str(tmp_path / "fast.json")]) == 0
+    r = json.loads((tmp_path / "fast.json").read_text())
+    size = r["sizes"]["64x64"]
+    assert "exact" not in size and "speedup_40" not in size and size["fast"]["forwards_40"] < 80
