@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from render.model.checkpoint import VAE_FILE  # noqa: E402
 from render.model.clip_loop import ChainRenderer, ShotConditioning, initial_chain_state  # noqa: E402
-from render.model.components import S2VModels  # noqa: E402
+from render.model.components import load_render_dit  # noqa: E402
 from render.model.fast import StepCache, condition_rows  # noqa: E402
 from render.model.fast.preset import FAST_SAMPLING, apply_fast  # noqa: E402
 from render.model.out_of_memory import prefer_expandable_segments  # noqa: E402
@@ -255,18 +255,17 @@ def main(argv=None) -> int:
         # Sides are used as given (multiples of 16 here); the size search would pick the same for a
         # reference picture of this aspect ratio.
         exact_settings[(w, h)] = RenderSettings(size=f"{w}*{h}", steps=few)
-    # exact first (bf16 linears), then the DiT is loaded again as the product loads it for --fast
+    # exact first (bf16 linears), then the DiT is loaded again as every render path loads it for --fast
     for phase in a.phases.split(","):
         if phase == "fast" and (plan.fp8 or dit is None):
             del dit
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            fast_models = S2VModels(ckpt, device=device, dtype=dtype, fp8=plan.fp8)
-            dit = fast_models.dit
-            R["optimize_fast"] = fast_models.optimization.describe()
+            dit, report = load_render_dit(ckpt, device, dtype, fp8=plan.fp8)
+            R["optimize_fast"] = report.describe()
             if device.type == "cuda":
-                R["fast_dit_gib"] = torch.cuda.memory_allocated(device) / 2**30
+                R["fast_models_gib"] = torch.cuda.memory_allocated(device) / 2**30  # the fp8 DiT + both VAEs
                 torch.cuda.reset_peak_memory_stats(device)
         for w, h in sizes:
             key = f"{w}x{h}"
@@ -285,7 +284,8 @@ def main(argv=None) -> int:
                 steps = time_steps(dit, settings, shot, device, a.repeats, kinds)
                 clip_s = time_clip(dit, vae, settings, shot, device)
             except torch.OutOfMemoryError as exc:  # recorded; the other sizes still run
-                entry[phase] = {"error": f"out of GPU memory: {str(exc).splitlines()[0][:200]}", "oom": str(exc),
+                entry[phase] = {"error": f"out of GPU memory: {(str(exc).splitlines() or [''])[0][:200]}",
+                                "oom": str(exc),
                                 "allocated_gib": torch.cuda.memory_allocated(device) / 2**30,
                                 "reserved_gib": torch.cuda.memory_reserved(device) / 2**30}
                 log.error("%s %s: out of GPU memory", key, phase)

@@ -14,33 +14,44 @@
 # GPU tests under tests/kernels use neither).
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
-git_dir=$(git rev-parse --git-dir)
-list=$git_dir/carry_slim.list
-exclude=$git_dir/info/exclude
+common=$(git rev-parse --git-common-dir)
+list=$(git rev-parse --git-path carry_slim.list)
+head_file=$list.head
+exclude=$common/info/exclude
+hook=$(git rev-parse --git-path hooks)/pre-commit
 mark="# carry_slim.sh: remove with 'bash benchmarks/carry_slim.sh off'"
 case "${1:-}" in
 on)
   [ ! -f "$list" ] || { echo "carry_slim: already on (bash benchmarks/carry_slim.sh off first)"; exit 2; }
   git diff --cached --quiet || { echo "carry_slim: the index has staged changes; commit or unstage them first"; exit 2; }
-  git ls-files -- tests/data 'benchmarks/results/*.png' 'benchmarks/results/*.jpg' \
+  [ ! -e "$hook" ] || { echo "carry_slim: $hook exists; this script guards commits with its own pre-commit hook"; exit 2; }
+  git ls-files -z -- tests/data 'benchmarks/results/*.png' 'benchmarks/results/*.jpg' \
     'tinymodel/tiny-s2v/*.pth' 'tinymodel/tiny-s2v/*.safetensors' > "$list"
   [ -s "$list" ] || { rm -f "$list"; echo "carry_slim: nothing to leave out"; exit 2; }
+  git rev-parse HEAD > "$head_file"
+  # While on, the index holds the files' removal: a commit would delete them from the repository.
+  mkdir -p "$(dirname "$hook")"
+  printf '#!/bin/sh\necho "carry_slim.sh is on: run bash benchmarks/carry_slim.sh off before committing" >&2\nexit 1\n' > "$hook"
+  chmod +x "$hook"
   mkdir -p "$(dirname "$exclude")"
-  { echo "$mark"; sed 's|^|/|' "$list"; echo "$mark"; } >> "$exclude"
-  tr '\n' '\0' < "$list" | xargs -0 git rm -q --cached --
-  echo "carry_slim: $(wc -l < "$list") files left out of device calls; tracked now: $(git ls-files -z | xargs -0 cat | wc -c) bytes"
+  { echo "$mark"; tr '\0' '\n' < "$list" | sed 's|^|/|'; echo "$mark"; } >> "$exclude"
+  xargs -0 git rm -q --cached -- < "$list"
+  echo "carry_slim: $(tr -cd '\0' < "$list" | wc -c) files left out of device calls; tracked now: $(git ls-files -z | xargs -0 cat | wc -c) bytes"
   ;;
 off)
   [ -f "$list" ] || { echo "carry_slim: not on"; exit 0; }
-  # drop the block between the two marks, then restore the index entries from HEAD
+  # drop the block between the two marks, then the index entries as they were when it went on
   awk -v m="$mark" '$0 == m { skip = !skip; next } !skip' "$exclude" > "$exclude.tmp" && mv "$exclude.tmp" "$exclude"
-  tr '\n' '\0' < "$list" | xargs -0 git reset -q HEAD --
-  rm -f "$list"
+  xargs -0 git reset -q "$(cat "$head_file")" -- < "$list"
+  missing=$(xargs -0 git ls-files --error-unmatch -- < "$list" > /dev/null 2>&1 || echo yes)
+  rm -f "$hook"
+  [ -z "$missing" ] || { echo "carry_slim: some files are not tracked again (was HEAD moved while on?); check git status"; exit 1; }
+  rm -f "$list" "$head_file"
   git diff --cached --quiet || { echo "carry_slim: the index still differs from HEAD; check git status"; exit 1; }
   echo "carry_slim: off; every file tracked again"
   ;;
 status)
-  if [ -f "$list" ]; then echo "carry_slim: on ($(wc -l < "$list") files left out)"; else echo "carry_slim: off"; fi
+  if [ -f "$list" ]; then echo "carry_slim: on ($(tr -cd '\0' < "$list" | wc -c) files left out)"; else echo "carry_slim: off"; fi
   ;;
 *)
   echo "usage: $0 on | off | status" >&2; exit 2 ;;

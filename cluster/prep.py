@@ -42,6 +42,10 @@ class PrepWorker:
         # encoding, so it shares the card with the render group's DiT only for seconds; worth it
         # where the CPU encode is what the first segment waits for (see EngineOptions).
         self.text_encoder_device = text_encoder_device
+        if text_encoder_device != "cpu":  # this actor may join a cluster that did not inherit the driver's env
+            from render.model.out_of_memory import prefer_expandable_segments
+
+            prefer_expandable_segments()
         self._encoder = None
         self._pipe = None
 

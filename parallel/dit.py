@@ -94,7 +94,8 @@ class DiTSharding:
             self._warned_cfg_batch = True
             log.warning("batch %d is not divisible by cfg=%d: every cfg rank computes the whole batch "
                         "(with RenderSettings.cfg_batch the CFG steps split; steps a guidance schedule "
-                        "runs without the unconditional branch do not)", batch, ctx.dims.cfg)
+                        "runs without the unconditional branch do not, so cfg_until/cfg_every save no "
+                        "time with cfg > 1)", batch, ctx.dims.cfg)
         if cfg_split:
             pick = _batch_slicer(batch, ctx.dims.cfg, ctx.cfg_rank)
             context = pick(context)

@@ -23,6 +23,12 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from render.model.out_of_memory import prefer_expandable_segments  # noqa: E402
+
+# The CUDA allocator as the product's processes configure it, from the first GPU test on (read at
+# the first allocation), not from whichever test happens to call the s2v CLI in-process first.
+prefer_expandable_segments()
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -304,8 +304,9 @@ def probe_video(path: str | Path, decode_video: bool = True) -> VideoInfo:
     """Decode every packet of the first video (and first audio) stream and report exact counts.
 
     ``decode_video=False`` counts the video stream's packets instead of decoding them (one frame
-    each in the MP4s this project writes): for a reader that decodes the frames itself next and
-    only needs the counts first; publishing keeps the full decode as its integrity check."""
+    each in the MP4s this project writes): for a reader that decodes the frames itself next, needs
+    the count first and compares it with what it decoded; publishing keeps the full decode as its
+    integrity check."""
     path = Path(path)
     if not path.is_file():
         raise VideoProbeError(f"{str(path)!r}: file does not exist")
@@ -320,7 +321,9 @@ def probe_video(path: str | Path, decode_video: bool = True) -> VideoInfo:
             frames = samples = 0
             for packet in container.demux(*selected):
                 if packet.stream is vs and not decode_video:
-                    frames += packet.size > 0  # the demuxer's last packet is an empty flush
+                    # Not the demuxer's empty flush packet, nor one an edit list cuts away (a stream
+                    # copy cut of someone else's file); a reader that decodes still checks the count.
+                    frames += packet.size > 0 and not packet.is_discard
                     continue
                 for frame in packet.decode():
                     if packet.stream is vs:

@@ -314,8 +314,12 @@ class ChainRenderer:
         buf = torch.cat([state.motion_pixels, video], dim=1)[:, -s.motion_frames:]
         nxt = ChainState(clip + 1, buf.contiguous())
         if changes_motion_latents(s):
-            nxt.pending = partial(next_motion_latents, self.vae, s, latents, nxt.motion_pixels, shot.ref_pixels,
-                                  decoded if video is not decoded else None)
+            # Kept until the next clip asks: only what the hand-off reads (the latent hand-off takes
+            # the last motion latents as sampled, and the frames as decoded when colour moved them).
+            by_latents = s.motion_handoff == "latents"
+            sampled = latents[:, -(s.motion_latent_frames - 1):].clone() if by_latents else None
+            nxt.pending = partial(next_motion_latents, self.vae, s, sampled, nxt.motion_pixels, shot.ref_pixels,
+                                  decoded if by_latents and video is not decoded else None)
         return video, nxt
 
     def sample(self, shot: ShotConditioning, audio: torch.Tensor, pose: torch.Tensor | None,

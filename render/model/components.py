@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from kernels.select import optimize_dit
+from kernels.select import OptimizationReport, optimize_dit
 from render.model.audio_features import frame_features, load_wav2vec2
 from render.model.checkpoint import T5_FILE, TOKENIZER_DIR, VAE_FILE, W2V_DIR, CheckpointError
 from render.model.clip_loop import ChainRenderer, ChainSync, StepCallback
-from render.model.dit import load_dit
+from render.model.dit import S2VDiT, load_dit
 from render.model.offload import offload_dit
 from render.model.text_encoder import load_text_encoder
 from render.model.vae import load_vae
@@ -28,7 +28,7 @@ from render.settings import RenderSettings
 log = logging.getLogger(__name__)
 
 # File names of the official folder (defined in render/model/checkpoint.py, which needs no media libraries).
-__all__ = ["T5_FILE", "TOKENIZER_DIR", "VAE_FILE", "W2V_DIR", "S2VModels", "check_checkpoint_folder"]
+__all__ = ["T5_FILE", "TOKENIZER_DIR", "VAE_FILE", "W2V_DIR", "S2VModels", "check_checkpoint_folder", "load_render_dit"]
 
 
 def check_checkpoint_folder(ckpt_dir: str | Path) -> Path:
@@ -52,6 +52,25 @@ def check_checkpoint_folder(ckpt_dir: str | Path) -> Path:
     return d
 
 
+def load_render_dit(ckpt_dir: str | Path, device: torch.device, dtype: torch.dtype, fp8: bool = False,
+                    fp8_attention: bool = False, offload: bool = False) -> tuple[S2VDiT, OptimizationReport]:
+    """The DiT as every render path runs it on ``device``, and what kernels.select installed."""
+    # Offloaded, the whole model never has to fit the card: it is loaded into host memory and only
+    # the non-block parts move to the device. fp8 on a GPU: loaded into host memory too and
+    # quantised layer by layer onto the card, so the card never holds the bf16 and fp8 weights
+    # together and the fp8 ones are packed (optimize_dit).
+    staged = fp8 and device.type == "cuda" and not offload
+    dit = load_dit(ckpt_dir, device="cpu" if offload or staged else device, dtype=dtype)
+    # Attention backend, fused glue kernels (GPU) and optional fp8, chosen once and logged; on the
+    # CPU this keeps the torch reference path.
+    report = optimize_dit(dit, device, fp8=fp8, fp8_attention=fp8_attention, fp8_to_device=staged)
+    if offload:
+        offload_dit(dit, device)
+    elif staged:
+        dit.to(device)
+    return dit, report
+
+
 class S2VModels:
     """Loads components lazily; the text encoder is loaded only to embed prompts and then freed."""
 
@@ -70,27 +89,13 @@ class S2VModels:
         # same frames, for cards smaller than the model
         self.offload = offload
         self._dit = self._vae = self._w2v = None
-        self.optimization = None  # what optimize_dit installed on the DiT (kernels.select), once loaded
         self._prompt_cache: dict[str, torch.Tensor] = {}
 
     @property
     def dit(self):
         if self._dit is None:
-            # Offloaded, the whole model never has to fit the card: it is loaded into host memory
-            # and only the non-block parts move to the device. fp8 on a GPU: loaded into host
-            # memory too and quantised layer by layer onto the card, so the card never holds the
-            # bf16 and fp8 weights together and the fp8 ones are packed (optimize_dit).
-            staged = self.fp8 and self.device.type == "cuda" and not self.offload
-            dit = load_dit(self.ckpt, device="cpu" if self.offload or staged else self.device, dtype=self.dtype)
-            # Attention backend, fused glue kernels (GPU) and optional fp8, chosen once and logged;
-            # on the CPU this keeps the torch reference path.
-            self.optimization = optimize_dit(dit, self.device, fp8=self.fp8, fp8_attention=self.fp8_attention,
-                                             fp8_to_device=staged)
-            if self.offload:
-                offload_dit(dit, self.device)
-            elif staged:
-                dit.to(self.device)
-            self._dit = dit
+            self._dit, _ = load_render_dit(self.ckpt, self.device, self.dtype, fp8=self.fp8,
+                                           fp8_attention=self.fp8_attention, offload=self.offload)
         return self._dit
 
     @property

@@ -158,11 +158,14 @@ def anchor_identity(motion_latents: torch.Tensor, still_ref: torch.Tensor, weigh
     return out
 
 
-def next_motion_latents(vae: WanVAE, settings: RenderSettings, sampled: torch.Tensor, motion_pixels: torch.Tensor,
-                        ref_pixels: torch.Tensor, uncorrected_tail: torch.Tensor | None) -> torch.Tensor:
+def next_motion_latents(vae: WanVAE, settings: RenderSettings, sampled: torch.Tensor | None,
+                        motion_pixels: torch.Tensor, ref_pixels: torch.Tensor,
+                        uncorrected_tail: torch.Tensor | None) -> torch.Tensor:
     """The motion latents [1, 16, M, h, w] (float32, CPU) the next clip is conditioned on, with the
-    countermeasures of ``settings`` applied (only called when ``changes_motion_latents``)."""
+    countermeasures of ``settings`` applied (only called when ``changes_motion_latents``).
+    ``sampled``: the clip's sampled latents (at least the last M - 1), for the latent hand-off."""
     if settings.motion_handoff == "latents":
+        assert sampled is not None, "the latent hand-off needs the sampled latents"
         z = latents_from_sampled(vae, sampled, motion_pixels, uncorrected_tail)
     else:
         z = _encode(vae, motion_pixels)

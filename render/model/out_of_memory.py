@@ -22,17 +22,20 @@ _CAPACITY = re.compile(r"total capacity of ([\d.]+ [KMGT]?i?B) of which ([\d.]+ 
 
 
 ALLOCATOR_ENV = "PYTORCH_CUDA_ALLOC_CONF"
+# Every name torch reads its allocator settings from (PYTORCH_ALLOC_CONF is the current one):
+# any of them set, even empty, is the user's choice and left alone.
+ALLOCATOR_ENVS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF")
 EXPANDABLE_SEGMENTS = "expandable_segments:True"
 
 
 def prefer_expandable_segments() -> bool:
     """Ask PyTorch's CUDA caching allocator for expandable segments, unless the user configured
-    the allocator (``PYTORCH_CUDA_ALLOC_CONF`` set). Call before the process first allocates on
-    a GPU (the setting is read then). With fixed segments, the freed buffers of one clip's sizes
-    leave holes the next buffers do not fit: --fast at 720p on an 80 GB H100 failed to allocate
-    3.09 GiB with 14.5 GiB reserved but unused; with expandable segments it rendered. Returns
-    whether it set the variable."""
-    if os.environ.get(ALLOCATOR_ENV):
+    the allocator (see ``ALLOCATOR_ENVS``; ``PYTORCH_ALLOC_CONF=expandable_segments:False`` opts
+    out). Call before the process first allocates on a GPU (the setting is read then). With fixed
+    segments, the freed buffers of one clip's sizes leave holes the next buffers do not fit: --fast
+    at 720p on an 80 GB H100 failed to allocate 3.09 GiB with 14.5 GiB reserved but unused; with
+    expandable segments it rendered. Returns whether it set the variable."""
+    if any(name in os.environ for name in ALLOCATOR_ENVS):
         return False
     os.environ[ALLOCATOR_ENV] = EXPANDABLE_SEGMENTS
     return True

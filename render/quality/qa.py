@@ -91,6 +91,9 @@ def qa_video(video: str | Path, plan: str | Path | ShotPlan | None = None,
         samples = decode_audio(audio, 16000).samples
         frames = _measuring_mouth(frames, openings)
     rep = seam_report(frames, plan, ref)
+    if rep["frames"] != info.frames:  # the count came from the container, the report from decoding
+        raise ValueError(f"{video}: {rep['frames']} frames decode, the container lists {info.frames} (an edit "
+                         "list, a stream that does not start on a key frame or a damaged file): re-encode the video")
     rep["video"] = str(video)
     if lipsync:
         for _ in frames:  # any frames the seam report did not read

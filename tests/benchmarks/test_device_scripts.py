@@ -32,10 +32,14 @@ def test_carry_slim_leaves_data_out_and_puts_the_index_back(tmp_path):
     assert f"{len(left_out)} files left out" in out
     again = subprocess.run([*script, "on"], cwd=repo, capture_output=True, text=True)
     assert again.returncode == 2  # twice is refused
+    commit = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "x"],
+                            cwd=repo, capture_output=True, text=True)
+    assert commit.returncode != 0 and "carry_slim.sh is on" in commit.stderr  # it would delete the data
     subprocess.run([*script, "off"], cwd=repo, check=True, capture_output=True)
     assert _git(repo, "ls-files").splitlines() == tracked
     assert _git(repo, "status", "--porcelain") == ""
     assert (repo / ".git" / "info" / "exclude").read_text() == exclude_before
+    assert not (repo / ".git" / "hooks" / "pre-commit").exists()
 
 
 def test_bench_fast_speed_phases_on_the_tiny_model(tmp_path):

@@ -88,12 +88,20 @@ def test_render_shot_out_of_memory_is_one_line_and_exit_8(tmp_path, capsys, monk
 
 
 def test_expandable_segments_unless_the_user_configured_the_allocator(monkeypatch, tmp_path):
-    from render.model.out_of_memory import ALLOCATOR_ENV, EXPANDABLE_SEGMENTS, prefer_expandable_segments
+    from render.model.out_of_memory import (
+        ALLOCATOR_ENV,
+        ALLOCATOR_ENVS,
+        EXPANDABLE_SEGMENTS,
+        prefer_expandable_segments,
+    )
 
-    monkeypatch.setenv(ALLOCATOR_ENV, "max_split_size_mb:512")
-    assert not prefer_expandable_segments()
-    assert os.environ[ALLOCATOR_ENV] == "max_split_size_mb:512"
-    monkeypatch.delenv(ALLOCATOR_ENV)
+    for name in ALLOCATOR_ENVS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in (("PYTORCH_ALLOC_CONF", "max_split_size_mb:512"), (ALLOCATOR_ENV, "")):
+        monkeypatch.setenv(name, value)
+        assert not prefer_expandable_segments()  # the user's setting (even an empty one) stands
+        assert os.environ[name] == value and (name == ALLOCATOR_ENV or ALLOCATOR_ENV not in os.environ)
+        monkeypatch.delenv(name)
     assert prefer_expandable_segments()
     assert os.environ[ALLOCATOR_ENV] == EXPANDABLE_SEGMENTS
     # Every s2v command asks for it before its own work (render-shot loads the models inside).

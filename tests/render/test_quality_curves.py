@@ -163,7 +163,7 @@ def test_frames_in_memory_give_the_numbers_of_the_file(jump_video):
     in_memory = curves_of_frames(iter(frames), len(frames), FPS, ref, None, FPS, 80)
     assert in_memory.summary() == from_file.summary() and in_memory.seams == from_file.seams
     assert in_memory.clips == from_file.clips
-    with pytest.raises(ValueError, match="expected 241"):
+    with pytest.raises(ValueError, match="the container lists 241"):
         curves_of_frames(iter(frames), 241, FPS)
 
 

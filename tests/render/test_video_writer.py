@@ -401,3 +401,26 @@ def test_wav_to_mp4_keeps_original_audio(tmp_path: Path, channels: int, rate: in
         freqs = np.fft.rfftfreq(rate - 8820, 1 / rate)
         at = [np.argmin(np.abs(freqs - f)) for f in (440, 1000)]
         assert spec[0][at[1]] < 0.01 * spec[0][at[0]] and spec[1][at[0]] < 0.01 * spec[1][at[1]]
+
+
+def test_probe_counts_what_decodes_in_a_file_with_an_edit_list(tmp_path: Path) -> None:
+    """A stream-copy cut (someone else's file given to `s2v qa`): packets before the edit list's
+    start are in the file but never shown; counting packets must skip them."""
+    src, cut = tmp_path / "src.mp4", tmp_path / "cut.mp4"
+    with Mp4Writer(src, W, H, fps=16) as w:
+        w.write(_gradient_frames(20))
+        w.close()
+    with av.open(str(src)) as i, av.open(str(cut), "w", format="mp4") as o:
+        vs = i.streams.video[0]
+        out = o.add_stream_from_template(vs)
+        shift = 5 * int(1 / (vs.time_base * 16))  # the first 5 frames before time 0
+        for packet in i.demux(vs):
+            if packet.dts is None:
+                continue
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = out
+            o.mux(packet)
+    with av.open(str(cut)) as c:
+        assert sum(p.size > 0 for p in c.demux(c.streams.video[0])) == 20  # the cut frames are still there
+    assert probe_video(cut).frames == probe_video(cut, decode_video=False).frames == 15
