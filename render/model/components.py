@@ -57,8 +57,8 @@ def load_render_dit(ckpt_dir: str | Path, device: torch.device, dtype: torch.dty
     """The DiT as every render path runs it on ``device``, and what kernels.select installed."""
     # Offloaded, the whole model never has to fit the card: it is loaded into host memory and only
     # the non-block parts move to the device. fp8 on a GPU: loaded into host memory too and
-    # quantised layer by layer onto the card, so the card never holds the bf16 and fp8 weights
-    # together and the fp8 ones are packed (optimize_dit).
+    # quantised layer by layer onto the card, so the fp8 weights are allocated back to back rather
+    # than between freed bf16 ones (optimize_dit's fp8_to_device).
     staged = fp8 and device.type == "cuda" and not offload
     dit = load_dit(ckpt_dir, device="cpu" if offload or staged else device, dtype=dtype)
     # Attention backend, fused glue kernels (GPU) and optional fp8, chosen once and logged; on the
