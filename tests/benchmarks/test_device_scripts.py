@@ -49,3 +49,16 @@ def test_bench_fast_speed_phases_on_the_tiny_model(tmp_path):
     r = json.loads((tmp_path / "fast.json").read_text())
     size = r["sizes"]["64x64"]
     assert "exact" not in size and "speedup_40" not in size and size["fast"]["forwards_40"] < 80
+
+
+@pytest.mark.parametrize("step", ["1", "2", "3", "4", "ablation"])
+def test_gpu_session_steps_name_scripts_that_exist(step, tmp_path):
+    res = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), step], cwd=ROOT, capture_output=True,
+                         text=True, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path), "DRY_RUN": "1"})
+    assert res.returncode == 0, res.stderr
+    commands = [line[2:] for line in res.stdout.splitlines() if line.startswith("+ ")]
+    assert commands
+    for cmd in commands:
+        for word in cmd.split():
+            if word.endswith((".sh", ".py")) and "/" in word and not word.startswith("/"):
+                assert (ROOT / word).is_file(), f"step {step}: {word} does not exist"
