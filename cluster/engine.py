@@ -210,6 +210,7 @@ class RunEngine:
                 self._publish_state()
         except BaseException:
             self._shutdown()
+            self._settle_stitches()
             # A stopped or failed run's results file still shows what was published until now
             # (it is otherwise rewritten only every results_interval_s).
             try:
@@ -220,6 +221,27 @@ class RunEngine:
         self._shutdown()
         self._publish_state(force=True)
         return {state: sum(1 for s in self.status.values() if s.state == state) for state in ("done", "failed")}
+
+    def _settle_stitches(self, timeout_s: float = 15.0) -> None:
+        """A stopped run: end the stitch tasks still in flight (a publish is atomic: it landed or
+        it did not; a rerun stitches the others again from their committed segments), then count
+        every shot whose publish landed as done, so the results file written next matches the
+        output folder. Without this a publish finishing during the stop was on disk, yet listed
+        as still running."""
+        refs = [ref for ref, (kind, _) in self.inflight.items() if kind == "stitch"]
+        for ref in refs:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        if refs:
+            with contextlib.suppress(Exception):
+                ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        for sid in self.order:
+            st = self.status[sid]
+            if st.state != "done" and self.run.is_published(sid):
+                record = self.run.read_published(sid) or {}
+                st.state, st.finished_at, st.error = "done", record.get("published_at", time.time()), None
+                self.run.write_status(sid, st)
+                log.info("shot %s published while the run stopped", sid)
 
     def _remaining_render_work(self) -> bool:
         return len(self.queue) > 0 or any(s.job for s in self.slots)

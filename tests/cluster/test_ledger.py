@@ -432,3 +432,35 @@ def test_stitch_retries_count_as_attempts_so_status_agrees_with_the_failure_mess
     assert st.state == "failed" and "3 failed attempts" in st.error and len(restarts) == 2
     assert st.attempts == 3 == len(st.failures)
     assert [f.attempt for f in st.failures] == [1, 2, 3]
+
+
+def test_a_stopped_run_ends_its_stitches_and_counts_the_publishes_that_landed(tmp_path, monkeypatch):
+    """SIGTERM while a shot was being stitched: the publish may land during the stop; the results
+    file written next must list the shot as done (the chaos test's race, made deterministic)."""
+    import json
+
+    import cluster.engine as engine_mod
+    from cluster.engine import RunEngine
+
+    run = RunDir(tmp_path / "run")
+    out = tmp_path / "s1.mp4"
+    cancelled, waited = [], []
+
+    def publish_while_waiting(refs, num_returns, timeout):
+        waited.append(list(refs))
+        out.write_bytes(b"x" * 10)  # the stitch task's atomic publish lands during the stop
+        run.published_file("s1").parent.mkdir(parents=True, exist_ok=True)
+        run.published_file("s1").write_text(json.dumps({"output": str(out), "bytes": 10, "published_at": 5.0}))
+        return refs, []
+
+    monkeypatch.setattr(engine_mod.ray, "cancel", lambda ref, force: cancelled.append((ref, force)))
+    monkeypatch.setattr(engine_mod.ray, "wait", publish_while_waiting)
+    eng = RunEngine.__new__(RunEngine)
+    eng.run, eng.order = run, ["s1", "s2"]
+    eng.status = {"s1": ShotStatus(state="running", attempts=1), "s2": ShotStatus(state="running", attempts=1)}
+    eng.inflight = {"stitch-ref": ("stitch", "s1"), "prep-ref": ("prep", ["s2"])}
+    eng._settle_stitches()
+    assert cancelled == [("stitch-ref", True)] and waited == [["stitch-ref"]]
+    assert eng.status["s1"].state == "done" and eng.status["s1"].finished_at == 5.0
+    assert run.read_status("s1").state == "done"
+    assert eng.status["s2"].state == "running"
