@@ -230,8 +230,6 @@ def main(argv=None) -> int:
     mix40, mix_source = fast_mix(a.full_steps, a.mix)
     R["fast_mix"], R["fast_mix_source"] = mix40, mix_source
 
-    from kernels.select import optimize_dit
-    from render.model.dit import load_dit
     from render.model.fast.preset import fast_plan
     from render.model.vae import load_vae
 
@@ -239,8 +237,8 @@ def main(argv=None) -> int:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     dit = None  # the exact path's DiT (bf16 linears); --fast's is loaded below, as the product loads it
     if "exact" in a.phases.split(","):
-        dit = load_dit(ckpt, device=device, dtype=dtype)
-        R["optimize_exact"] = optimize_dit(dit, device).describe()
+        dit, report = load_render_dit(ckpt, device, dtype)
+        R["optimize_exact"] = report.describe()
     vae32 = load_vae(ckpt / VAE_FILE, device=device, dtype=torch.float32)
     plan = fast_plan(str(device))
     vae_fast = load_vae(ckpt / VAE_FILE, device=device, dtype=torch.bfloat16) if plan.vae_bf16 else vae32

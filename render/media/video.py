@@ -300,6 +300,13 @@ class Mp4Writer:
         return MuxResult(self.path, frames, float(frames / self.fps), keep_samples)
 
 
+def frame_count_mismatch(name: str, decoded: int, listed: int) -> ValueError:
+    """The error of a reader that decoded another number of frames than ``probe_video(...,
+    decode_video=False)`` listed."""
+    return ValueError(f"{name}: {decoded} frames decode, the container lists {listed} (an edit list, a stream "
+                      "that does not start on a key frame or a damaged file): re-encode the video")
+
+
 def probe_video(path: str | Path, decode_video: bool = True) -> VideoInfo:
     """Decode every packet of the first video (and first audio) stream and report exact counts.
 

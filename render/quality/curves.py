@@ -296,8 +296,9 @@ def curves_of_frames(frames: Iterable[np.ndarray], frame_count: int, fps: float,
     measured.finish()
     n = measured.n
     if n != frame_count:
-        raise ValueError(f"{name}: {n} frames decode, the container lists {frame_count} (an edit list, a stream "
-                         "that does not start on a key frame or a damaged file): re-encode the video")
+        from render.media.video import frame_count_mismatch
+
+        raise frame_count_mismatch(name, n, frame_count)
     decode_s = time.time() - t0
     lab_arr, change_arr = measured.labs, measured.change
     seams = _seam_jumps(layout, lab_arr, change_arr, measured.picture_jump, clean, fps, th)

@@ -65,7 +65,7 @@ def qa_video(video: str | Path, plan: str | Path | ShotPlan | None = None,
     with the mouth opening per frame at the best lag (render/lipsync.py), against ``audio`` or by
     default the video's own audio track. Meaningful only for the tiny model's characters.
     """
-    from render.media.video import probe_video
+    from render.media.video import frame_count_mismatch, probe_video
 
     info = probe_video(video, decode_video=False)  # the frames are decoded below
     if isinstance(plan, str | Path):
@@ -92,8 +92,7 @@ def qa_video(video: str | Path, plan: str | Path | ShotPlan | None = None,
         frames = _measuring_mouth(frames, openings)
     rep = seam_report(frames, plan, ref)
     if rep["frames"] != info.frames:  # the count came from the container, the report from decoding
-        raise ValueError(f"{video}: {rep['frames']} frames decode, the container lists {info.frames} (an edit "
-                         "list, a stream that does not start on a key frame or a damaged file): re-encode the video")
+        raise frame_count_mismatch(str(video), rep["frames"], info.frames)
     rep["video"] = str(video)
     if lipsync:
         for _ in frames:  # any frames the seam report did not read
