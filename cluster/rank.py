@@ -213,6 +213,17 @@ class RankWorker:
         self._cond_cache = (key, cond)
         return cond
 
+    def _frames_key(self, shot_id: str) -> str | None:
+        """The frames half of the shot's key, written by the driver before the engine starts (the
+        writer's only: the other ranks may not see the run folder). None for a key the driver did
+        not write; the segment then falls back to hashing its conditioning tensors."""
+        if self.rank != 0:
+            return None
+        from cluster.fingerprint import ShotKey
+
+        key = ShotKey.from_dict(self.run.read_key(shot_id))
+        return None if key is None else key.frames
+
     def render(self, task: dict[str, Any]) -> dict[str, Any]:
         """Render (or resume) one segment; rank 0 commits clips and the segment record."""
         from cluster.shot_work import render_segment
@@ -241,7 +252,8 @@ class RankWorker:
                     cond = self._conditioning(shot, plan, index, settings)
                     outcome = render_segment(self.pipe, cond, plan, index, settings, work_dir, sync=self.sync,
                                              on_clip=lambda clip: timer.clip_done(settings.infer_frames, clip),
-                                             on_step=timer.on_step, before_commit=self._fence)
+                                             on_step=timer.on_step, before_commit=self._fence,
+                                             inputs_key=self._frames_key(shot.shot_id))
             except Exception as exc:
                 from render.model.out_of_memory import is_out_of_memory, out_of_memory_message
 

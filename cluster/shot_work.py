@@ -87,12 +87,14 @@ def segment_finished(work_dir: Path, index: int) -> bool:
 def render_segment(models: Any, cond: ShotConditioning, plan: ShotPlan, index: int, settings: RenderSettings,
                    work_dir: Path, *, sync: ChainSync | None = None, on_clip: ClipDone | None = None,
                    on_step: StepCallback | None = None,
-                   before_commit: Callable[[], None] | None = None) -> SegmentOutcome:
+                   before_commit: Callable[[], None] | None = None, inputs_key: str | None = None) -> SegmentOutcome:
     """Render (or resume) segment ``index`` into ``work_dir``.
 
     In a group every rank calls this with the group's ``sync``: the writer renders, writes and
     commits, the others sample the same clips and write nothing (``render.shot.segment``).
     ``on_clip`` runs on every rank after every clip; ``SegmentOutcome.frames`` is the writer's.
+    ``inputs_key``: the shot key's frames half (``cluster.fingerprint``), which names the segment's
+    work instead of the conditioning tensors: a resume on other threads or another card continues.
     """
     t0 = time.time()
     seen: list[int] = []
@@ -104,7 +106,7 @@ def render_segment(models: Any, cond: ShotConditioning, plan: ShotPlan, index: i
 
     renderer = models.chain_renderer(settings, on_step=on_step, progress=False, sync=sync)
     seg_dir = render_segment_files(renderer, cond, plan, index, settings, Path(work_dir), on_clip=clip_done,
-                                   before_commit=before_commit)
+                                   before_commit=before_commit, inputs_key=inputs_key)
     record = (read_record(seg_dir) if seg_dir is not None else None) or {}
     first = seen[0] if seen else plan.segments[index].num_clips
     return SegmentOutcome(len(seen), first, int(record.get("frames", 0)), time.time() - t0)

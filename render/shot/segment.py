@@ -83,16 +83,27 @@ def _tensor_digest(h: hashlib._Hash, t: torch.Tensor | None) -> None:
 
 
 def segment_fingerprint(plan: ShotPlan, index: int, settings: RenderSettings, shot: ShotConditioning,
-                        intermediate_crf: int = INTERMEDIATE_CRF) -> str:
-    """What the segment's frames depend on (the model weights are the run's fingerprint's job)."""
+                        intermediate_crf: int = INTERMEDIATE_CRF, inputs_key: str | None = None) -> str:
+    """What the segment's frames depend on (the model weights are the run's fingerprint's job).
+
+    ``inputs_key``: a hash of the shot's sources (input file bytes, prompt texts, model and
+    encoder options) made by the caller. With it the conditioning tensors are not hashed: they are
+    computed from those sources, and a resume whose encoders round differently (another thread
+    count, card model or cuDNN algorithm) must continue the segment, not refuse it. Without it
+    (callers that hold only tensors) the tensors are hashed bit for bit.
+    """
     h = hashlib.sha256()
     s = dataclasses.asdict(settings)
     s.pop("crf")  # the final encode only
-    h.update(json.dumps({"plan_fps": plan.fps, "infer": plan.infer_frames, "segment": plan.segments[index].to_dict(),
-                         "settings": s, "crf": intermediate_crf, "h": shot.height, "w": shot.width,
-                         "audio_start": shot.audio_start_frame}, sort_keys=True).encode())
-    for t in (shot.prompt_context, shot.negative_context, shot.ref_latents, shot.audio_frames, shot.pose_latents):
-        _tensor_digest(h, t)
+    head = {"plan_fps": plan.fps, "infer": plan.infer_frames, "segment": plan.segments[index].to_dict(),
+            "settings": s, "crf": intermediate_crf, "h": shot.height, "w": shot.width,
+            "audio_start": shot.audio_start_frame}
+    if inputs_key is not None:
+        head["inputs_key"] = inputs_key
+    h.update(json.dumps(head, sort_keys=True).encode())
+    if inputs_key is None:
+        for t in (shot.prompt_context, shot.negative_context, shot.ref_latents, shot.audio_frames, shot.pose_latents):
+            _tensor_digest(h, t)
     return h.hexdigest()
 
 
@@ -128,7 +139,7 @@ def _save_state(seg_dir: Path, payload: dict) -> None:
     atomic_write(seg_dir / STATE_FILE, lambda tmp: torch.save(payload, tmp))
 
 
-def _load_state(seg_dir: Path, fingerprint: str, settings: RenderSettings, shot: ShotConditioning,
+def _load_state(seg_dir: Path, fingerprints: tuple[str, ...], settings: RenderSettings, shot: ShotConditioning,
                 restart: bool) -> tuple[ChainState, dict] | None:
     p = seg_dir / STATE_FILE
     if not p.is_file():
@@ -139,7 +150,7 @@ def _load_state(seg_dir: Path, fingerprint: str, settings: RenderSettings, shot:
         if restart:
             return None
         raise SegmentStateError(f"{p}: unreadable segment state ({e}); pass restart=True or delete it") from e
-    if st.get("fingerprint") != fingerprint:
+    if st.get("fingerprint") not in fingerprints:
         if restart:
             return None
         raise SegmentStateError(
@@ -170,7 +181,7 @@ def _as_renderer(pipe_or_renderer, settings: RenderSettings) -> ChainRenderer:
 def render_segment(pipe_or_renderer, shot: ShotConditioning, plan: ShotPlan, index: int,
                    settings: RenderSettings, work_dir: str | Path, on_clip: OnClip | None = None, *,
                    restart: bool = False, intermediate_crf: int = INTERMEDIATE_CRF,
-                   before_commit: Callable[[], None] | None = None) -> Path | None:
+                   before_commit: Callable[[], None] | None = None, inputs_key: str | None = None) -> Path | None:
     """Render (or resume, or find finished) segment ``index``; returns its folder once committed.
 
     ``shot``: conditioning whose audio covers the segment (``render.shot.condition``). State from
@@ -182,6 +193,7 @@ def render_segment(pipe_or_renderer, shot: ShotConditioning, plan: ShotPlan, ind
     ``on_clip`` runs on every rank after each clip (on the writer once the clip is committed).
     ``before_commit`` runs on the writer right before each clip file, state and the record are
     written; raising there (a lost lease) leaves the folder as it was after the last commit.
+    ``inputs_key``: the shot's source hash (``segment_fingerprint``); the writer's only.
     """
     fence = before_commit or (lambda: None)
     if not 0 <= index < len(plan.segments):
@@ -206,7 +218,7 @@ def render_segment(pipe_or_renderer, shot: ShotConditioning, plan: ShotPlan, ind
                 on_clip(index, c, seg.num_clips)
         return None
     try:
-        opened = _open_segment(shot, plan, index, settings, work_dir, restart, intermediate_crf)
+        opened = _open_segment(shot, plan, index, settings, work_dir, restart, intermediate_crf, inputs_key)
     except BaseException:
         if sync is not None:  # release the other ranks, which wait for the resume point
             with contextlib.suppress(Exception):  # (the writer's own error is the one to report)
@@ -258,19 +270,24 @@ def render_segment(pipe_or_renderer, shot: ShotConditioning, plan: ShotPlan, ind
 
 
 def _open_segment(shot: ShotConditioning, plan: ShotPlan, index: int, settings: RenderSettings,
-                  work_dir: str | Path, restart: bool, intermediate_crf: int
+                  work_dir: str | Path, restart: bool, intermediate_crf: int, inputs_key: str | None
                   ) -> tuple[Path, str, ChainState | None, dict]:
-    """(folder, fingerprint, state to continue from or None when finished, progress so far)."""
+    """(folder, fingerprint, state to continue from or None when finished, progress so far).
+
+    With an ``inputs_key``, work committed under the tensor fingerprint (before callers passed
+    one, or by a caller without it) is accepted too: it is the stricter match."""
     seg = plan.segments[index]
     seg_dir = segment_dir(work_dir, index)
     seg_dir.mkdir(parents=True, exist_ok=True)
     from render.media.atomic import sweep_dead_temps
 
     sweep_dead_temps(seg_dir)  # half-written clip/state files of a killed earlier attempt
-    fingerprint = segment_fingerprint(plan, index, settings, shot, intermediate_crf)
+    fingerprint = segment_fingerprint(plan, index, settings, shot, intermediate_crf, inputs_key)
+    accepted = (fingerprint,) if inputs_key is None else (
+        fingerprint, segment_fingerprint(plan, index, settings, shot, intermediate_crf))
     record = read_record(seg_dir)
     if record is not None:
-        if record["fingerprint"] == fingerprint and all(clip_file(seg_dir, c["clip"]).is_file()
+        if record["fingerprint"] in accepted and all(clip_file(seg_dir, c["clip"]).is_file()
                                                         for c in record["clips"]):
             return seg_dir, fingerprint, None, {}
         if not restart:
@@ -279,7 +296,7 @@ def _open_segment(shot: ShotConditioning, plan: ShotPlan, index: int, settings: 
     if restart and record is not None:
         shutil.rmtree(seg_dir)
         seg_dir.mkdir(parents=True)
-    loaded = _load_state(seg_dir, fingerprint, settings, shot, restart)
+    loaded = _load_state(seg_dir, accepted, settings, shot, restart)
     if loaded is None:
         return seg_dir, fingerprint, initial_chain_state(settings, shot), {
             "fingerprint": fingerprint, "clips": [], "written": 0, "wall_s": 0.0}

@@ -171,6 +171,47 @@ def test_changed_inputs_refuse_to_resume_unless_restart(tmp_path):
         render_segment(FakeRenderer(s), shot, plan, 0, RenderSettings(size="64*64", infer_frames=32), tmp_path)
 
 
+def test_inputs_key_resumes_despite_rounding_in_the_conditioning(tmp_path):
+    """A resume whose encoders round differently (another thread count or card) continues the
+    segment when the caller names its sources (inputs_key); the tensor fingerprint refuses it."""
+    import dataclasses
+
+    from render.shot.plan import SegmentSpec, ShotPlan
+
+    plan = ShotPlan("parallel", 16, 100, 100 / 16, (SegmentSpec(0, 0, 54, 0, 4), SegmentSpec(1, 50, 50, 4, 4)),
+                    infer_frames=16)
+    s = RenderSettings(size="64*64", steps=1, infer_frames=16, motion_frames=9)
+    shot = fake_shot(s)
+    rounded = dataclasses.replace(shot, ref_latents=shot.ref_latents + 1e-6,
+                                  prompt_context=shot.prompt_context * (1 + 1e-6))
+
+    def stop(seg, clip, clips):
+        if clip == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # stopped after clip 1: its state is on disk
+        render_segment(FakeRenderer(s), shot, plan, 0, s, tmp_path / "a", on_clip=stop, inputs_key="k1")
+    with pytest.raises(SegmentStateError, match="different inputs"):
+        render_segment(FakeRenderer(s), rounded, plan, 0, s, tmp_path / "a")
+    with pytest.raises(SegmentStateError, match="different inputs"):  # other sources: refused
+        render_segment(FakeRenderer(s), rounded, plan, 0, s, tmp_path / "a", inputs_key="k2")
+    seen: list[int] = []
+    d = render_segment(FakeRenderer(s), rounded, plan, 0, s, tmp_path / "a", inputs_key="k1",
+                       on_clip=lambda seg, clip, clips: seen.append(clip))
+    assert seen == [2, 3] and len(read_record(d)["clips"]) == 4  # resumed, not restarted
+    # A finished segment is found finished under the key, whatever the conditioning's rounding.
+    seen.clear()
+    assert render_segment(FakeRenderer(s), shot, plan, 0, s, tmp_path / "a", inputs_key="k1",
+                          on_clip=lambda seg, clip, clips: seen.append(clip)) == d and seen == []
+    # Work committed without a key (older run folders) is accepted by a caller that passes one.
+    with pytest.raises(KeyboardInterrupt):
+        render_segment(FakeRenderer(s), shot, plan, 0, s, tmp_path / "b", on_clip=stop)
+    seen.clear()
+    render_segment(FakeRenderer(s), shot, plan, 0, s, tmp_path / "b", inputs_key="k1",
+                   on_clip=lambda seg, clip, clips: seen.append(clip))
+    assert seen == [2, 3]
+
+
 def test_fake_renderer_segments_resume_identically_with_motion_tail(tmp_path):
     """infer_frames < motion_frames: the persisted pixel tail is part of the state."""
     from render.shot.plan import SegmentSpec, ShotPlan
