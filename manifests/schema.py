@@ -109,6 +109,16 @@ PASSTHROUGH_PREFIX = "x_"
 def is_passthrough_column(name: str) -> bool:
     return name.startswith(PASSTHROUGH_PREFIX) and len(name) > len(PASSTHROUGH_PREFIX)
 
+
+def columns_markdown() -> str:
+    """The manifest's columns as a Markdown table (the README's is this text; a test keeps them equal)."""
+    lines = ["| column | type | required | default | what |", "|---|---|---|---|---|"]
+    for c in COLUMNS:
+        default = "" if c.default is None else f"`{c.default}`"
+        what = c.doc.replace("|", "\\|")
+        lines.append(f"| `{c.name}` | {c.kind} | {'yes' if c.required else ''} | {default} | {what} |")
+    return "\n".join(lines)
+
 #: canonical Arrow schema written by ``write_manifest`` (readers accept wider variants).
 MANIFEST_SCHEMA = pa.schema([pa.field(c.name, c.arrow_type, nullable=not c.required) for c in COLUMNS])
 

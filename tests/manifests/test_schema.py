@@ -96,3 +96,17 @@ def test_shots_round_trip_through_write_manifest(tmp_path: Path):
     assert again[0].audio == shots[0].audio and again[0].output == shots[0].output
     assert isinstance(again[0], Shot) and again[0].size == DEFAULT_SIZE
     assert shots[0].to_row()["audio"] == str(shots[0].audio)
+
+
+def test_readme_lists_every_manifest_column_as_the_schema_says():
+    """The README's column table is the schema's own text (regenerate with columns_markdown())."""
+    import re
+    from pathlib import Path
+
+    from manifests.schema import COLUMNS, columns_markdown
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"<!-- columns:[^\n]*-->\n(.*?)\n<!-- /columns -->", readme, re.S)
+    assert block is not None, "README.md has no generated column table"
+    assert block.group(1) == columns_markdown()
+    assert all(f"| `{c.name}` |" in block.group(1) for c in COLUMNS)
