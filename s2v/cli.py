@@ -284,8 +284,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
+def _interrupt_on_sigterm() -> object:
+    """SIGTERM (what ``timeout``, ``kill`` and job schedulers send) stops a command the way Ctrl-C
+    does: a KeyboardInterrupt, so every ``with`` block removes its temporary files and the command
+    exits 130 with one line (returns the handler it replaced). Python's default for SIGTERM kills the process on the spot (exit 143),
+    leaving half-written temporaries beside the output. ``s2v run`` replaces this handler with its
+    own while rendering (a stop that lets running shots commit)."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        return None  # only the main thread may set handlers
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    previous = _interrupt_on_sigterm()
+    try:
+        return _main(a)
+    finally:
+        if previous is not None:  # an in-process caller (tests, a notebook) keeps its own handler
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(a: argparse.Namespace) -> int:
     from render.model.out_of_memory import prefer_expandable_segments
 
     prefer_expandable_segments()  # before any command touches a GPU
@@ -309,8 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     except ShotOutOfMemory as e:
         print(f"s2v {a.cmd}: error: {e}", file=sys.stderr)
         return EXIT_OUT_OF_MEMORY
-    except KeyboardInterrupt:
-        print(f"s2v {a.cmd}: interrupted; no partial output was left", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        by = f" by {e.args[0]}" if e.args and str(e.args[0]).startswith("SIG") else ""
+        print(f"s2v {a.cmd}: interrupted{by}; no partial output was left", file=sys.stderr)
         return 130
     except Exception as e:
         env = environment_error(e)
