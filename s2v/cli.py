@@ -118,7 +118,9 @@ def _device(name: str | None):
 def cmd_render_shot(a: argparse.Namespace) -> int:
     from render.model.components import S2VModels
     from render.shot.pipeline import render_shot
+    from s2v.cli_segments import check_mp4_output
 
+    check_mp4_output("--out", a.out)
     settings = _settings(a)
     for label, path in (("--audio", a.audio), ("--image", a.image)):
         if not Path(path).is_file():
@@ -214,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", required=True)
     p.add_argument("--image", required=True)
     p.add_argument("--prompt", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the MP4 to write (H.264 + AAC; a name ending in .mp4)")
     p.add_argument("--pose-video", default=None, help="optional pose-driving video (official --pose_video)")
     _add_render_options(p)
     p.set_defaults(fn=cmd_render_shot)
