@@ -112,11 +112,9 @@ def _sampler_rule(manifest: Path) -> str:
     return next(p.rule for p in validate_manifest(manifest, check_media=False).problems if p.column == "sampler")
 
 
-def test_run_json_prints_a_summary_on_stdout(tmp_path, capsys):
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
+def test_run_json_prints_a_summary_on_stdout(tmp_path, tiny_ckpt, capsys):
     (tmp_path / "junk.parquet").write_bytes(b"PAR1 but not really")
-    code = main(["run", str(tmp_path / "junk.parquet"), "--run-dir", str(tmp_path / "run"), "--ckpt", str(ckpt),
+    code = main(["run", str(tmp_path / "junk.parquet"), "--run-dir", str(tmp_path / "run"), "--ckpt", str(tiny_ckpt),
                  "--no-media-check", "--json"])
     out, err = capsys.readouterr()
     assert code == 3

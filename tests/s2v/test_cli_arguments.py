@@ -38,3 +38,50 @@ def test_assemble_refuses_an_output_that_is_no_mp4(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2, err
     assert f"--out {tmp_path / 'film.avi'}: the output is an MP4" in err
+
+
+def _run_argv(tmp_path: Path, ckpt: Path) -> list[str]:
+    from manifests.schema import write_manifest
+    from tests.manifests.malformed_cases import make_media, rows
+
+    make_media(tmp_path)
+    write_manifest(rows(), tmp_path / "m.parquet")
+    return ["run", str(tmp_path / "m.parquet"), "--run-dir", str(tmp_path / "run"), "--ckpt", str(ckpt)]
+
+
+def test_run_refuses_the_folder_above_a_checkpoint_before_starting_ray(tmp_path, tiny_ckpt, monkeypatch, capsys):
+    import shutil
+
+    import cluster.driver
+
+    monkeypatch.setattr(cluster.driver, "run", lambda req: pytest.fail("the run must not start"))
+    parent = tmp_path / "models"
+    shutil.copytree(tiny_ckpt, parent / "tiny-s2v")
+    code = main(_run_argv(tmp_path, parent))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"{parent}: incomplete S2V checkpoint folder; missing: config.json (DiT config)" in err
+    assert f"checkpoint folders inside it: {parent / 'tiny-s2v'}" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_names_each_missing_part_of_a_checkpoint(tmp_path, tiny_ckpt, monkeypatch, capsys):
+    import shutil
+
+    import cluster.driver
+
+    monkeypatch.setattr(cluster.driver, "run", lambda req: pytest.fail("the run must not start"))
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    shutil.rmtree(ckpt / "wav2vec2-large-xlsr-53-english")
+    (ckpt / "Wan2.1_VAE.pth").unlink()
+    assert main(_run_argv(tmp_path, ckpt)) == 2
+    err = capsys.readouterr().err
+    assert "missing: Wan2.1_VAE.pth (VAE); wav2vec2-large-xlsr-53-english/ (wav2vec2 folder)" in err, err
+    (ckpt / "Wan2.1_VAE.pth").write_bytes(b"x")
+    (ckpt / "wav2vec2-large-xlsr-53-english").mkdir()
+    (ckpt / "config.json").write_text("{not json")
+    assert main(_run_argv(tmp_path, ckpt)) == 2
+    assert f"{ckpt / 'config.json'}: not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
