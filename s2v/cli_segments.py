@@ -38,8 +38,12 @@ def add_segment_options(p: argparse.ArgumentParser) -> None:
                         f"(default {DEFAULT_MIN_PARALLEL_SECONDS:g} s)")
     g.add_argument("--work-dir", default=None,
                    help="segment intermediates and state (default: .<out name>.segments beside --out); "
-                        "an interrupted render resumes from it")
-    g.add_argument("--keep-work", action="store_true", help="keep the segment intermediates after publishing")
+                        "an interrupted render resumes from it after its last finished clip. A shot of one "
+                        "segment (the default case) streams into --out without one unless --work-dir or "
+                        "--keep-work is given: then its clips are committed here too (resumable; one more encode)")
+    g.add_argument("--keep-work", action="store_true",
+                   help="keep the segment intermediates after publishing (a one-segment shot then renders "
+                        "through the work folder too)")
     g.add_argument("--output-fps", type=int, default=None, choices=[25, 30],
                    help="convert to 25 or 30 fps by blending neighbouring frames (default: the model's 16)")
     g.add_argument("--codec", default="h264", choices=["h264", "h265"])
