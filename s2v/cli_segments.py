@@ -86,12 +86,27 @@ def segment_options(a: argparse.Namespace):
 
 
 def cmd_qa(a: argparse.Namespace) -> int:
+    import contextlib
+
     from render.quality.qa import qa_video
 
     rep = qa_video(a.video, a.plan, a.image, lipsync=a.lipsync, audio=a.audio)
     text = json.dumps(rep, indent=1)
     if a.json_out:
-        Path(a.json_out).write_text(text)
+        from render.media.atomic import atomic_write_text
+
+        atomic_write_text(Path(a.json_out), text + "\n")  # creates the folder, as --curves-dir does
+    # --json: stdout carries only the report; the summary and the curves' table go to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
+        _print_summary(rep)
+        if not a.no_curves:
+            _write_curves(a)
+    if a.json:
+        sys.stdout.write(text + "\n")
+    return EXIT_OK
+
+
+def _print_summary(rep: dict) -> None:
     inside = rep["inside"]
     print(f"inside clips: p50 {inside['p50']:.3f}  p95 {inside['p95']:.3f}  p99 {inside['p99']:.3f}  "
           "(mean |dRGB| per frame pair)")
@@ -108,11 +123,6 @@ def cmd_qa(a: argparse.Namespace) -> int:
         ls = rep["lipsync"]
         print(f"lip-sync: corr {ls['corr']:.3f} at lag {ls['lag']:+d} frames (lag 0: {ls['corr_lag0']:.3f}), "
               f"{ls['frames']} frames, audio {ls['audio']}  [tiny-model characters only]")
-    if not a.no_curves:
-        _write_curves(a)
-    if not a.json_out:
-        sys.stdout.write(text + "\n")
-    return EXIT_OK
 
 
 def _write_curves(a: argparse.Namespace) -> None:
@@ -184,7 +194,10 @@ def register(subparsers) -> None:
                         "area of their mouth colour (render.quality.lipsync.MOUTH_RGB); it does not measure real faces")
     p.add_argument("--audio", default=None,
                    help="audio to score lip-sync against (implies --lipsync; default: the video's own audio track)")
-    p.add_argument("--json-out", default=None)
+    p.add_argument("--json", action="store_true",
+                   help="print the full seam report (JSON) on stdout; the summary then goes to stderr")
+    p.add_argument("--json-out", default=None, metavar="FILE",
+                   help="write the full seam report (JSON) to FILE (its folder is created)")
     g = p.add_argument_group("quality curves")
     g.add_argument("--no-curves", action="store_true", help="only the seam report: no per-clip curves or pictures")
     g.add_argument("--curves-dir", default=None,
