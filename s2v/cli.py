@@ -271,6 +271,12 @@ def _quiet_libraries(hub: bool = False) -> None:
 _TOP_OPTIONS = {"-v", "--verbose"}
 
 
+def _subcommand_parser(parser: argparse.ArgumentParser, cmd: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``cmd`` (argparse keeps it in its subparsers action)."""
+    sub = next(x for x in parser._actions if isinstance(x, argparse._SubParsersAction))
+    return sub.choices[cmd]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse an ``s2v`` command line. ``s2v submit``'s arguments after the first ``--`` are not
     parsed here: they become ``run_args``, passed as given to the ``s2v run`` it submits."""
@@ -280,7 +286,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if cmd_at is not None and argv[cmd_at] == "submit" and "--" in argv[cmd_at:]:
         cut = argv.index("--", cmd_at)
         argv, run_args = argv[:cut], argv[cut + 1:]
-    a = build_parser().parse_args(argv)
+    parser = build_parser()
+    a, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # argparse would report them with the top-level usage ("s2v [-h] ..."); the subcommand's
+        # usage is the one that lists the options the user meant to give (unless they came first).
+        before_cmd = argv[:argv.index(a.cmd)]
+        owner = parser if any(x in before_cmd for x in unknown) else _subcommand_parser(parser, a.cmd)
+        owner.error(f"unrecognized arguments: {' '.join(unknown)}")
     if a.cmd == "submit":
         a.run_args = run_args or []
     return a
