@@ -5,7 +5,8 @@ a usage error (every subcommand; argparse prints ``usage:``); 3 unreadable manif
 error: the output location is full, read-only or forbidden (ENOSPC, EROFS, EACCES/EPERM; one line
 names the path and the errno; render-shot checks its output directory before loading any model);
 8 render-shot ran out of GPU memory (one line: the size, the memory needed and free, the options
-that fit such as --offload or a smaller --size); 1 unexpected internal error. ``s2v run`` /
+that fit such as --offload or a smaller --size); 130 interrupted by Ctrl-C or SIGTERM (temporary
+files removed, no partial output); 1 unexpected internal error. ``s2v run`` /
 ``s2v submit`` add theirs (docs/cluster.md).
 """
 
