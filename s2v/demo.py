@@ -135,7 +135,7 @@ def character_file(out_dir: Path, seed: int) -> Path:
 
 
 def changed_options(manifest: Path, row: dict) -> list[str]:
-    """What differs between ``row`` and the demo's earlier manifest, as "steps 8 -> 4" (empty when
+    """What differs between ``row`` and the demo's earlier manifest, as "--steps 8 -> 4" (empty when
     there is none, or it cannot be read: the run then decides from its ledger)."""
     if not manifest.is_file():
         return []
@@ -223,8 +223,8 @@ def run_demo(o: DemoOptions) -> int:
         # goes back to what it was, so it still describes the video and the run directory.
         restore_file(manifest, previous)
     if code == ec.EXIT_FINGERPRINT_CHANGED:
-        _say(f"{req.run_dir} holds a demo run with other options; pass --restart to render again, "
-             "or another --out-dir (s2v demo has no --run-dir: its run directory is --out-dir/run)")
+        _say(f"{req.run_dir} holds a demo rendered with another model, code or options; pass --restart to "
+             "render again, or another --out-dir (s2v demo has no --run-dir: its run directory is --out-dir/run)")
     if code != ec.EXIT_OK:
         return code
     published = run_dir.read_published(SHOT_ID)
