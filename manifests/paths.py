@@ -50,6 +50,11 @@ class AllowedRoots:
         return ", ".join(self.real)
 
 
+# How a user allows media outside the roots; every command that reads manifests takes the option.
+ALLOW_HINT = ("to allow it, pass --allowed-root DIR (repeatable) to s2v run / s2v validate / s2v assemble; "
+              "without it the only allowed root is the manifest's folder")
+
+
 def _inside(path: str, roots: tuple[str, ...]) -> bool:
     for root in roots:
         try:
@@ -86,13 +91,13 @@ def resolve_manifest_path(
     lexical = os.path.normpath(os.path.abspath(joined))
     if not _inside(lexical, roots.lexical):
         return None, PathIssue(
-            "path-escape", f"resolves to {lexical}, outside the allowed roots ({roots.describe()})"
+            "path-escape", f"resolves to {lexical}, outside the allowed roots ({roots.describe()}); {ALLOW_HINT}"
         )
     # realpath of the un-normalised path: "link/.." means the link target's parent to the OS.
     real = os.path.realpath(joined)
     if not _inside(real, roots.real):
         return None, PathIssue(
             "symlink",
-            f"a symlink makes it resolve to {real}, outside the allowed roots ({roots.describe()})",
+            f"a symlink makes it resolve to {real}, outside the allowed roots ({roots.describe()}); {ALLOW_HINT}",
         )
     return ResolvedPath(Path(lexical), Path(real)), None

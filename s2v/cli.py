@@ -5,7 +5,8 @@ a usage error (every subcommand; argparse prints ``usage:``); 3 unreadable manif
 error: the output location is full, read-only or forbidden (ENOSPC, EROFS, EACCES/EPERM; one line
 names the path and the errno; render-shot checks its output directory before loading any model);
 8 render-shot ran out of GPU memory (one line: the size, the memory needed and free, the options
-that fit such as --offload or a smaller --size); 1 unexpected internal error. ``s2v run`` /
+that fit such as --offload or a smaller --size); 130 interrupted by Ctrl-C or SIGTERM (temporary
+files removed, no partial output); 1 unexpected internal error. ``s2v run`` /
 ``s2v submit`` add theirs (docs/cluster.md).
 """
 
@@ -118,7 +119,9 @@ def _device(name: str | None):
 def cmd_render_shot(a: argparse.Namespace) -> int:
     from render.model.components import S2VModels
     from render.shot.pipeline import render_shot
+    from s2v.cli_segments import check_mp4_output
 
+    check_mp4_output("--out", a.out)
     settings = _settings(a)
     for label, path in (("--audio", a.audio), ("--image", a.image)):
         if not Path(path).is_file():
@@ -214,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", required=True)
     p.add_argument("--image", required=True)
     p.add_argument("--prompt", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the MP4 to write (H.264 + AAC; a name ending in .mp4)")
     p.add_argument("--pose-video", default=None, help="optional pose-driving video (official --pose_video)")
     _add_render_options(p)
     p.set_defaults(fn=cmd_render_shot)
@@ -269,6 +272,12 @@ def _quiet_libraries(hub: bool = False) -> None:
 _TOP_OPTIONS = {"-v", "--verbose"}
 
 
+def _subcommand_parser(parser: argparse.ArgumentParser, cmd: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``cmd`` (argparse keeps it in its subparsers action)."""
+    sub = next(x for x in parser._actions if isinstance(x, argparse._SubParsersAction))
+    return sub.choices[cmd]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse an ``s2v`` command line. ``s2v submit``'s arguments after the first ``--`` are not
     parsed here: they become ``run_args``, passed as given to the ``s2v run`` it submits."""
@@ -278,14 +287,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if cmd_at is not None and argv[cmd_at] == "submit" and "--" in argv[cmd_at:]:
         cut = argv.index("--", cmd_at)
         argv, run_args = argv[:cut], argv[cut + 1:]
-    a = build_parser().parse_args(argv)
+    parser = build_parser()
+    a, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # argparse would report them with the top-level usage ("s2v [-h] ..."); the subcommand's
+        # usage is the one that lists the options the user meant to give (unless they came first).
+        before_cmd = argv[:argv.index(a.cmd)]
+        owner = parser if any(x in before_cmd for x in unknown) else _subcommand_parser(parser, a.cmd)
+        owner.error(f"unrecognized arguments: {' '.join(unknown)}")
     if a.cmd == "submit":
         a.run_args = run_args or []
     return a
 
 
+def _interrupt_on_sigterm() -> object:
+    """SIGTERM (what ``timeout``, ``kill`` and job schedulers send) stops a command the way Ctrl-C
+    does: a KeyboardInterrupt, so every ``with`` block removes its temporary files and the command
+    exits 130 with one line (returns the handler it replaced). Python's default for SIGTERM kills the process on the spot (exit 143),
+    leaving half-written temporaries beside the output. ``s2v run`` replaces this handler with its
+    own while rendering (a stop that lets running shots commit)."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        return None  # only the main thread may set handlers
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    previous = _interrupt_on_sigterm()
+    try:
+        return _main(a)
+    finally:
+        if previous is not None:  # an in-process caller (tests, a notebook) keeps its own handler
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(a: argparse.Namespace) -> int:
     from render.model.out_of_memory import prefer_expandable_segments
 
     prefer_expandable_segments()  # before any command touches a GPU
@@ -309,8 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     except ShotOutOfMemory as e:
         print(f"s2v {a.cmd}: error: {e}", file=sys.stderr)
         return EXIT_OUT_OF_MEMORY
-    except KeyboardInterrupt:
-        print(f"s2v {a.cmd}: interrupted; no partial output was left", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        by = f" by {e.args[0]}" if e.args and str(e.args[0]).startswith("SIG") else ""
+        print(f"s2v {a.cmd}: interrupted{by}; no partial output was left", file=sys.stderr)
         return 130
     except Exception as e:
         env = environment_error(e)

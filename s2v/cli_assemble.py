@@ -104,6 +104,9 @@ def cmd_assemble(a: argparse.Namespace) -> int:
         warnings.append(text)
         print(f"s2v assemble: warning: {text}", file=sys.stderr)
 
+    from s2v.cli_segments import check_mp4_output
+
+    check_mp4_output("--out", a.out)
     shots, unplaced = _planned_shots(a, warn)
     if unplaced and a.strict:
         raise ValueError(f"{len(unplaced)} shot(s) not rendered and of unknown place (--strict): "

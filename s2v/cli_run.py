@@ -19,6 +19,11 @@ def _run(a: argparse.Namespace) -> int:
     from render.model.hub import resolve_checkpoint
 
     ckpt = resolve_checkpoint(a.ckpt)  # a repo id: its snapshot in this machine's Hugging Face cache
+    from render.model.checkpoint import DiTConfig, check_checkpoint_folder
+
+    # What every rank's loader (S2VModels) would refuse, refused here: before Ray starts and the run
+    # directory is touched, rather than as one failed attempt per shot.
+    DiTConfig.from_json(check_checkpoint_folder(ckpt) / "config.json")
     settings = RunSettings(
         ckpt=str(ckpt.resolve()), crf=a.crf, infer_frames=a.infer_frames, motion_frames=a.motion_frames,
         official_frame_drop=a.official_frame_drop, start_from_ref=a.start_from_ref, cfg_batch=not a.no_cfg_batch,

@@ -38,8 +38,12 @@ def add_segment_options(p: argparse.ArgumentParser) -> None:
                         f"(default {DEFAULT_MIN_PARALLEL_SECONDS:g} s)")
     g.add_argument("--work-dir", default=None,
                    help="segment intermediates and state (default: .<out name>.segments beside --out); "
-                        "an interrupted render resumes from it")
-    g.add_argument("--keep-work", action="store_true", help="keep the segment intermediates after publishing")
+                        "an interrupted render resumes from it after its last finished clip. A shot of one "
+                        "segment (the default case) streams into --out without one unless --work-dir or "
+                        "--keep-work is given: then its clips are committed here too (resumable; one more encode)")
+    g.add_argument("--keep-work", action="store_true",
+                   help="keep the segment intermediates after publishing (a one-segment shot then renders "
+                        "through the work folder too)")
     g.add_argument("--output-fps", type=int, default=None, choices=[25, 30],
                    help="convert to 25 or 30 fps by blending neighbouring frames (default: the model's 16)")
     g.add_argument("--codec", default="h264", choices=["h264", "h265"])
@@ -56,6 +60,18 @@ def check_segment_sizes(segment_seconds: float, overlap_seconds: float) -> None:
                          f"{segment_seconds:g} (parallel segments overlap by part of their length)")
 
 
+def check_mp4_output(option: str, path: str) -> None:
+    """A usage error (ValueError, exit 2) unless ``path`` names an .mp4 file: the outputs are H.264 (or
+    H.265) + AAC MP4s, as manifests require (manifests.schema.OUTPUT_SUFFIX). Given another name,
+    FFmpeg would pick that container from the extension and write something else (an AVI a frame short)."""
+    from manifests.schema import OUTPUT_SUFFIX
+
+    name = Path(path).name
+    if not name.lower().endswith(OUTPUT_SUFFIX) or name.lower() == OUTPUT_SUFFIX:
+        raise ValueError(f"{option} {path}: the output is an MP4 (H.264 + AAC); give a file name ending in "
+                         f"{OUTPUT_SUFFIX}")
+
+
 def segment_options(a: argparse.Namespace):
     """SegmentOptions from render-shot's arguments (None when the options are not registered)."""
     if not hasattr(a, "segment_mode"):
@@ -70,12 +86,27 @@ def segment_options(a: argparse.Namespace):
 
 
 def cmd_qa(a: argparse.Namespace) -> int:
+    import contextlib
+
     from render.quality.qa import qa_video
 
     rep = qa_video(a.video, a.plan, a.image, lipsync=a.lipsync, audio=a.audio)
     text = json.dumps(rep, indent=1)
     if a.json_out:
-        Path(a.json_out).write_text(text)
+        from render.media.atomic import atomic_write_text
+
+        atomic_write_text(Path(a.json_out), text + "\n")  # creates the folder, as --curves-dir does
+    # --json: stdout carries only the report; the summary and the curves' table go to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
+        _print_summary(rep)
+        if not a.no_curves:
+            _write_curves(a)
+    if a.json:
+        sys.stdout.write(text + "\n")
+    return EXIT_OK
+
+
+def _print_summary(rep: dict) -> None:
     inside = rep["inside"]
     print(f"inside clips: p50 {inside['p50']:.3f}  p95 {inside['p95']:.3f}  p99 {inside['p99']:.3f}  "
           "(mean |dRGB| per frame pair)")
@@ -92,11 +123,6 @@ def cmd_qa(a: argparse.Namespace) -> int:
         ls = rep["lipsync"]
         print(f"lip-sync: corr {ls['corr']:.3f} at lag {ls['lag']:+d} frames (lag 0: {ls['corr_lag0']:.3f}), "
               f"{ls['frames']} frames, audio {ls['audio']}  [tiny-model characters only]")
-    if not a.no_curves:
-        _write_curves(a)
-    if not a.json_out:
-        sys.stdout.write(text + "\n")
-    return EXIT_OK
 
 
 def _write_curves(a: argparse.Namespace) -> None:
@@ -168,7 +194,10 @@ def register(subparsers) -> None:
                         "area of their mouth colour (render.quality.lipsync.MOUTH_RGB); it does not measure real faces")
     p.add_argument("--audio", default=None,
                    help="audio to score lip-sync against (implies --lipsync; default: the video's own audio track)")
-    p.add_argument("--json-out", default=None)
+    p.add_argument("--json", action="store_true",
+                   help="print the full seam report (JSON) on stdout; the summary then goes to stderr")
+    p.add_argument("--json-out", default=None, metavar="FILE",
+                   help="write the full seam report (JSON) to FILE (its folder is created)")
     g = p.add_argument_group("quality curves")
     g.add_argument("--no-curves", action="store_true", help="only the seam report: no per-clip curves or pictures")
     g.add_argument("--curves-dir", default=None,

@@ -14,8 +14,10 @@ What it does, in the demo's output folder D:
    ledger: nothing is rendered again and the existing result is printed.
 
 Inputs are written once and never rewritten (their names carry what shapes them: the cut and
-the seed), so an unchanged rerun has the same manifest and fingerprint; a changed option gives a
-different fingerprint, which the run refuses (exit 5) unless ``--restart`` is given.
+the seed), so an unchanged rerun has the same manifest and fingerprint. A changed option on a
+rendered demo is refused (exit 5) unless ``--restart`` is given, before the manifest is rewritten
+(a change the run finds itself, of the model or the code, puts the manifest back): a refused demo
+leaves ``D/demo.parquet`` describing ``D/demo.mp4``.
 """
 
 from __future__ import annotations
@@ -132,6 +134,31 @@ def character_file(out_dir: Path, seed: int) -> Path:
     return _atomic_copy_or_write(out_dir / f"demo_character-seed{seed}.png", draw)
 
 
+def changed_options(manifest: Path, row: dict) -> list[str]:
+    """What differs between ``row`` and the demo's earlier manifest, as "--steps 8 -> 4" (empty when
+    there is none, or it cannot be read: the run then decides from its ledger)."""
+    if not manifest.is_file():
+        return []
+    import pyarrow.parquet as pq
+
+    try:
+        (old,) = pq.read_table(manifest, columns=list(row)).to_pylist()
+    except Exception:  # unreadable or another layout: not ours to judge here
+        return []
+    described = {"audio": "the speech (--seconds)", "image": "the character (--seed)"}
+    return [described.get(k) or f"--{k} {old.get(k)} -> {v}" for k, v in row.items() if old.get(k) != v]
+
+
+def restore_file(path: Path, content: bytes | None) -> None:
+    """Put back ``path`` as it was: ``content``, or no file when it had none."""
+    if content is None:
+        path.unlink(missing_ok=True)
+    else:
+        from render.media.atomic import atomic_write_bytes
+
+        atomic_write_bytes(path, content)
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -172,21 +199,32 @@ def run_demo(o: DemoOptions) -> int:
     image = character_file(out_dir, o.seed)
     ckpt, trained = _checkpoint(out_dir)
     output = out_dir / "demo.mp4"
-    manifest = write_manifest([dict(
-        shot_id=SHOT_ID, audio=str(audio), image=str(image), prompt=PROMPT, output=str(output),
-        size=o.size, steps=o.steps, seed=o.seed,
-    )], out_dir / "demo.parquet")
-    req = build_request(o, manifest, ckpt)
-    run_dir = RunDir(req.run_dir)
+    row = dict(shot_id=SHOT_ID, audio=str(audio), image=str(image), prompt=PROMPT, output=str(output),
+               size=o.size, steps=o.steps, seed=o.seed)
+    manifest = out_dir / "demo.parquet"
+    run_dir = RunDir(out_dir / "run")
     already = run_dir.is_published(SHOT_ID) and not o.restart
+    changed = changed_options(manifest, row) if already else []
+    if changed:
+        # Refused here, before the manifest is rewritten: it keeps describing the video in D.
+        _say(f"{out_dir} holds a demo rendered with other options ({', '.join(changed)}); pass --restart to "
+             "render it again with these, or another --out-dir")
+        return ec.EXIT_FINGERPRINT_CHANGED
+    previous = manifest.read_bytes() if manifest.is_file() else None
+    write_manifest([row], manifest)
+    req = build_request(o, manifest, ckpt)
     if not o.quiet:
         model = "trained tiny model" if trained else "tiny random-weight model (the trained one is missing from tinymodel/tiny-s2v)"
         _say(f"{model}: {ckpt}; speech {audio.name}; character {image.name}; manifest {manifest}; "
              f"run directory {req.run_dir} (local Ray, 1 render group of 1 rank)")
     code = run(req)
+    if code in (ec.EXIT_FINGERPRINT_CHANGED, ec.EXIT_LEASE_HELD):
+        # Refused by the run (the model or the code changed; another demo runs in D): the manifest
+        # goes back to what it was, so it still describes the video and the run directory.
+        restore_file(manifest, previous)
     if code == ec.EXIT_FINGERPRINT_CHANGED:
-        _say(f"{req.run_dir} holds a demo run with other options; pass --restart to render again, "
-             "or another --out-dir")
+        _say(f"{req.run_dir} holds a demo rendered with another model, code or options; pass --restart to "
+             "render again, or another --out-dir (s2v demo has no --run-dir: its run directory is --out-dir/run)")
     if code != ec.EXIT_OK:
         return code
     published = run_dir.read_published(SHOT_ID)

@@ -43,11 +43,22 @@ def temp_path_for(final_path: str | Path) -> Path:
     PyAV/FFmpeg pick the right muxer from the name)."""
     final_path = Path(final_path)
     tag = f".tmp-{os.getpid()}-{secrets.token_hex(4)}{final_path.suffix}"
-    stem = final_path.name
+    # A temporary of a temporary (Mp4Writer's video-only file inside a verified publish's
+    # temporary) is named after the real final file, not nested: one flat name that
+    # ``sweep_stale_temps(final)`` recognises, instead of "..x.mp4.tmp-1-a.mp4.tmp-1-b.mp4".
+    stem = final_name_of(final_path.name)
     budget = _MAX_NAME_BYTES - len(tag.encode()) - 1
     while len(stem.encode()) > budget:
         stem = stem[:-1]
     return final_path.with_name(f".{stem}{tag}")
+
+
+def final_name_of(name: str) -> str:
+    """The final file name a ``temp_path_for`` name belongs to (maybe shortened); unwraps the
+    doubled names older versions gave a temporary of a temporary. Other names come back as they are."""
+    while (m := _TEMP_NAME.match(name)) is not None:
+        name = m.group(1)
+    return name
 
 
 def fsync_file(path: str | Path) -> None:
@@ -215,7 +226,7 @@ def sweep_dead_temps(directory: str | Path, belongs: Callable[[str], bool] = lam
         return removed
     for p in directory.iterdir():
         m = _TEMP_NAME.match(p.name)
-        if m and belongs(m.group(1)) and not _pid_alive(int(m.group(2))):
+        if m and belongs(final_name_of(p.name)) and not _pid_alive(int(m.group(2))):
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
@@ -248,6 +259,7 @@ __all__ = [
     "commit",
     "describe_os_error",
     "environment_error",
+    "final_name_of",
     "fsync_dir",
     "fsync_file",
     "read_json",

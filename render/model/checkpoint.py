@@ -23,6 +23,32 @@ class CheckpointError(ValueError):
     """A checkpoint folder or file is missing, incomplete or inconsistent (message says which)."""
 
 
+def check_checkpoint_folder(ckpt_dir: str | Path) -> Path:
+    """Fail early, listing every missing part of the folder at once (the files ``S2VModels`` loads;
+    here, without torch, so ``s2v run`` can check before it starts Ray)."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        raise CheckpointError(f"{d}: checkpoint folder not found")
+    missing = []
+    if not (d / "config.json").is_file():
+        missing.append("config.json (DiT config)")
+    if not any(d.glob("diffusion_pytorch_model*.safetensors")):
+        missing.append("diffusion_pytorch_model.safetensors or its shards + index (DiT weights)")
+    for name, what in ((VAE_FILE, "VAE"), (T5_FILE, "umT5 encoder")):
+        if not (d / name).is_file():
+            missing.append(f"{name} ({what})")
+    for name, what in ((TOKENIZER_DIR, "umT5 tokenizer folder"), (W2V_DIR, "wav2vec2 folder")):
+        if not (d / name).is_dir():
+            missing.append(f"{name}/ ({what})")
+    if missing:
+        # The usual slip is naming the folder above the checkpoint (--ckpt tinymodel): say which one.
+        inside = [str(sub) for sub in sorted(d.iterdir()) if (sub / "config.json").is_file()
+                  and any(sub.glob("diffusion_pytorch_model*.safetensors"))]
+        hint = f" (checkpoint folders inside it: {', '.join(inside)})" if inside else ""
+        raise CheckpointError(f"{d}: incomplete S2V checkpoint folder; missing: " + "; ".join(missing) + hint)
+    return d
+
+
 @dataclass
 class DiTConfig:
     # Fields written to config.json by the official class (names as there).

@@ -17,7 +17,13 @@ import torch
 
 from kernels.select import OptimizationReport, optimize_dit
 from render.model.audio_features import frame_features, load_wav2vec2
-from render.model.checkpoint import T5_FILE, TOKENIZER_DIR, VAE_FILE, W2V_DIR, CheckpointError
+from render.model.checkpoint import (
+    T5_FILE,
+    TOKENIZER_DIR,
+    VAE_FILE,
+    W2V_DIR,
+    check_checkpoint_folder,
+)
 from render.model.clip_loop import ChainRenderer, ChainSync, StepCallback
 from render.model.dit import S2VDiT, load_dit
 from render.model.offload import offload_dit
@@ -29,27 +35,6 @@ log = logging.getLogger(__name__)
 
 # File names of the official folder (defined in render/model/checkpoint.py, which needs no media libraries).
 __all__ = ["T5_FILE", "TOKENIZER_DIR", "VAE_FILE", "W2V_DIR", "S2VModels", "check_checkpoint_folder", "load_render_dit"]
-
-
-def check_checkpoint_folder(ckpt_dir: str | Path) -> Path:
-    """Fail early, listing every missing part of the folder at once."""
-    d = Path(ckpt_dir)
-    if not d.is_dir():
-        raise CheckpointError(f"{d}: checkpoint folder not found")
-    missing = []
-    if not (d / "config.json").is_file():
-        missing.append("config.json (DiT config)")
-    if not any(d.glob("diffusion_pytorch_model*.safetensors")):
-        missing.append("diffusion_pytorch_model.safetensors or its shards + index (DiT weights)")
-    for name, what in ((VAE_FILE, "VAE"), (T5_FILE, "umT5 encoder")):
-        if not (d / name).is_file():
-            missing.append(f"{name} ({what})")
-    for name, what in ((TOKENIZER_DIR, "umT5 tokenizer folder"), (W2V_DIR, "wav2vec2 folder")):
-        if not (d / name).is_dir():
-            missing.append(f"{name}/ ({what})")
-    if missing:
-        raise CheckpointError(f"{d}: incomplete S2V checkpoint folder; missing: " + "; ".join(missing))
-    return d
 
 
 def load_render_dit(ckpt_dir: str | Path, device: torch.device, dtype: torch.dtype, fp8: bool = False,

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from render.media.atomic import sweep_stale_temps
 from render.media.audio import decode_audio_channels
 from render.media.publish import atomic_output, verify_video
 from render.media.video import AudioTrack, Mp4Writer
@@ -44,6 +45,7 @@ def render_direct(renderer: ChainRenderer, cond: ShotConditioning, plan: ShotPla
     # The soundtrack is the original audio, all channels at its own sample rate (48 kHz if AAC
     # cannot carry that rate), not the model's 16 kHz mono copy.
     original = decode_audio_channels(audio_path)
+    sweep_stale_temps(out_path)  # temporaries of a render of this output that was killed (SIGKILL)
     verify = functools.partial(verify_video, expected_frames=plan.total_frames,
                                expected_duration_s=plan.duration_s)
     with atomic_output(out_path, verify=verify) as tmp:

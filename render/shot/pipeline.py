@@ -4,8 +4,9 @@
     2. condition  render/shot/condition.py  prompts, reference latent, audio features (per segment)
     3. render     render/shot/segment.py    a segment's chain of clips, committed clip by clip
     4. publish    render/shot/stitch.py     segments blended, original audio muxed, verified, renamed
-                  (or render/shot/direct.py: a one-segment shot with a plain encode streams its
-                  frames straight into the output — no intermediates, one encode)
+                  (or render/shot/direct.py: a one-segment shot with a plain encode and no
+                  work folder asked for streams its frames straight into the output — no
+                  intermediates, one encode, nothing to resume from)
 
 ``s2v render-shot`` and ``s2v demo`` run ``render_shot``; the cluster runs the same stage
 functions on its actors (cluster/prep.py: stage 2's prompts and features; cluster/rank.py:
@@ -58,8 +59,9 @@ def render_shot(models, audio_path: str | Path, image_path: str | Path, prompt: 
 
     ``segments``: how the shot is split and finished (default: one chain of clips, the official
     semantics, streamed into the output). A shot of several segments (or with a finishing step:
-    other codec or fps, QA report) renders each segment into a work folder beside the output —
-    an interrupted render resumes after its last finished clip when run again — and stitches them.
+    other codec or fps, QA report; or of one segment when a work folder is asked for: ``work_dir``
+    or ``keep_work``) renders each segment into a work folder — an interrupted render resumes
+    after its last finished clip when run again — and stitches them.
     ``sync``: in a render group every rank calls this with the same arguments; the writer plans,
     conditions, writes and publishes, the others receive the plan and the conditioning, sample
     the same clips and return None.
@@ -79,7 +81,7 @@ def render_shot(models, audio_path: str | Path, image_path: str | Path, prompt: 
         text = share_tensor(sync, torch.frombuffer(bytearray(plan.to_json().encode()), dtype=torch.uint8)
                             if writer else None)
         plan = ShotPlan.from_json(text.numpy().tobytes().decode())
-    direct = len(plan.segments) == 1 and options.plain_encode()
+    direct = len(plan.segments) == 1 and options.plain_encode() and not options.wants_work_folder()
     renderer = models.chain_renderer(settings, on_step=on_step, progress=False, sync=sync)
     bar = tqdm(total=plan.num_clips, desc=out_path.name, unit="clip", disable=not progress or not writer)
     work = options.work_dir or default_work_dir(out_path)

@@ -402,6 +402,12 @@ class SegmentOptions:
         one-segment shot can then stream its frames straight into the output."""
         return self.output_fps is None and self.codec in ("libx264", "h264") and self.qa_report is None
 
+    def wants_work_folder(self) -> bool:
+        """A work folder was asked for (``work_dir`` given, or ``keep_work``): a one-segment shot
+        then commits its clips there too, so an interrupted render resumes after its last finished
+        clip (at the cost of one more encode), instead of streaming into the output."""
+        return self.work_dir is not None or self.keep_work
+
     def mode_for(self, pose_video: object | None) -> str:
         """The mode a shot is planned with: a pose video keeps it one chain (pose latents follow
         the clip grid of one chain)."""

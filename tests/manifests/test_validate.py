@@ -299,3 +299,20 @@ def test_table_escapes_control_characters_and_clips_labels(tmp_path):
     assert row1.split()[1] == "x" * 37 + "..."  # the shot_id cell is clipped to 40 characters
     # title, header, rule line, one line per problem, a blank line and the summary
     assert len(table.splitlines()) == 1 + 2 + 3 + 2
+
+
+def test_a_path_escape_says_how_to_allow_it(tmp_path, capsys):
+    """The message names the option that allows media elsewhere and the default root."""
+    from s2v.cli import main
+
+    make_media(tmp_path)
+    sub = tmp_path / "m"
+    sub.mkdir()
+    write_manifest(rows({"audio": str(tmp_path / AUDIO), "image": str(tmp_path / IMAGE)}, n=1), sub / "m.parquet")
+    problem = validate_manifest(sub / "m.parquet", check_media=False).errors[0]
+    assert problem.rule == "path-escape"
+    assert f"outside the allowed roots ({sub.resolve()}); to allow it, pass --allowed-root DIR" in problem.message
+    assert "the only allowed root is the manifest's folder" in problem.message
+    assert main(["validate", "--no-media-check", "--all", str(sub / "m.parquet")]) == 2
+    assert "--allowed-root DIR" in capsys.readouterr().out
+    assert main(["validate", "--no-media-check", "--allowed-root", str(tmp_path), str(sub / "m.parquet")]) == 0

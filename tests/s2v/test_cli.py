@@ -39,6 +39,26 @@ def test_usage_errors_exit_2(cmd, capsys):
     assert "usage:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [
+    ["run", "m.parquet", "--run-dir", "r", "--ckpt", "c", "--stepz", "3"],
+    ["render-shot", "--ckpt", "c", "--audio", "a.wav", "--image", "i.png", "--prompt", "p", "--out", "o.mp4",
+     "--stepz", "3"],
+    ["-v", "qa", "v.mp4", "--stepz", "3"],
+])
+def test_an_unknown_option_shows_the_subcommands_usage(argv, capsys):
+    cmd = next(x for x in argv if not x.startswith("-"))
+    assert _exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: s2v {cmd} [-h]"), err
+    assert err.rstrip().endswith(f"s2v {cmd}: error: unrecognized arguments: --stepz 3"), err
+
+
+def test_an_unknown_option_before_the_subcommand_shows_the_top_usage(capsys):
+    assert _exit_code(["--stepz", "run", "m.parquet", "--run-dir", "r", "--ckpt", "c"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: s2v [-h]") and "unrecognized arguments: --stepz" in err, err
+
+
 def test_version_and_no_subcommand(capsys):
     assert _exit_code(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"s2v {package_version()}"
@@ -112,11 +132,9 @@ def _sampler_rule(manifest: Path) -> str:
     return next(p.rule for p in validate_manifest(manifest, check_media=False).problems if p.column == "sampler")
 
 
-def test_run_json_prints_a_summary_on_stdout(tmp_path, capsys):
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
+def test_run_json_prints_a_summary_on_stdout(tmp_path, tiny_ckpt, capsys):
     (tmp_path / "junk.parquet").write_bytes(b"PAR1 but not really")
-    code = main(["run", str(tmp_path / "junk.parquet"), "--run-dir", str(tmp_path / "run"), "--ckpt", str(ckpt),
+    code = main(["run", str(tmp_path / "junk.parquet"), "--run-dir", str(tmp_path / "run"), "--ckpt", str(tiny_ckpt),
                  "--no-media-check", "--json"])
     out, err = capsys.readouterr()
     assert code == 3

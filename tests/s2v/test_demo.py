@@ -76,10 +76,12 @@ def test_demo_runs_the_main_job_on_local_ray_and_resumes(tmp_path, capsys):
     assert json.loads((run / "shots" / "demo" / "published.json").read_text()) == published
 
     # Other options on the same folder: refused like `s2v run` (fingerprint changed, exit 5), nothing touched.
+    manifest = (out / "demo.parquet").read_bytes()
     assert _demo(out, "--seed", "7") == 5
     err = capsys.readouterr().err
-    assert "--restart" in err and "manifest" in err
+    assert "--restart" in err and "--seed 42 -> 7" in err and "another --out-dir" in err
     assert (out / "demo.mp4").stat().st_mtime_ns == stamp
+    assert (out / "demo.parquet").read_bytes() == manifest
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -105,3 +107,32 @@ def test_demo_falls_back_to_a_random_weight_model_without_a_shipped_one(tmp_path
     assert record["settings"]["ckpt"] == str(out / "tiny-s2v-checkpoint")
     assert (out / "tiny-s2v-checkpoint" / "config.json").is_file()
     assert abs(probe_video(out / "demo.mp4").duration_s - SECONDS) <= 1 / FPS + 1e-6
+
+
+def test_a_refused_demo_leaves_its_manifest_and_names_out_dir(tmp_path, capsys, monkeypatch):
+    """Other options on a rendered demo folder: exit 5 naming --restart and --out-dir (demo has no
+    --run-dir), before the run starts, and demo.parquet still describes the rendered video."""
+    import cluster.driver
+    from cluster import exit_codes as ec
+    from cluster.ledger import RunDir
+
+    out = tmp_path / "demo"
+    monkeypatch.setattr(cluster.driver, "run", lambda req: ec.EXIT_FAILED_SHOTS)  # writes the manifest only
+    assert _demo(out) == ec.EXIT_FAILED_SHOTS
+    before = (out / "demo.parquet").read_bytes()
+    assert read_manifest(out / "demo.parquet")[0].steps == 1
+    capsys.readouterr()
+
+    monkeypatch.setattr(RunDir, "is_published", lambda self, shot_id: True)  # as after a rendered demo
+    monkeypatch.setattr(cluster.driver, "run", lambda req: pytest.fail("a refused demo must not start the run"))
+    assert _demo(out, "--steps", "4") == ec.EXIT_FINGERPRINT_CHANGED
+    err = capsys.readouterr().err
+    assert "other options (--steps 1 -> 4)" in err and "--restart" in err and "another --out-dir" in err, err
+    assert "--run-dir" not in err
+    assert (out / "demo.parquet").read_bytes() == before
+
+    # Refused by the run itself (same options, another model or code): the manifest is put back too.
+    monkeypatch.setattr(cluster.driver, "run", lambda req: ec.EXIT_FINGERPRINT_CHANGED)
+    (out / "demo.parquet").unlink()
+    assert _demo(out) == ec.EXIT_FINGERPRINT_CHANGED
+    assert not (out / "demo.parquet").exists()

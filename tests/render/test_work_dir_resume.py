@@ -1,0 +1,61 @@
+"""``render-shot --work-dir``: a one-segment shot (the default case) commits its clips to the work
+folder too, so an interrupted render resumes after its last finished clip."""
+
+from __future__ import annotations
+
+import pytest
+
+from render.media.video import probe_video
+from render.model.components import S2VModels
+from render.settings import RenderSettings
+from render.shot.pipeline import default_work_dir, render_shot
+from render.shot.plan import SegmentOptions
+
+# 3 s of audio at 16 fps in clips of 16 frames: one segment of 3 clips.
+SETTINGS = RenderSettings(size="64*64", steps=1, infer_frames=16, motion_frames=9)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_ckpt):
+    return S2VModels(tiny_ckpt, device="cpu")
+
+
+class StopAtClip:
+    """on_step callback: records the clips sampled; Ctrl-C when clip ``stop`` starts."""
+
+    def __init__(self, stop: int | None = None) -> None:
+        self.stop, self.clips = stop, []
+
+    def __call__(self, clip: int, step: int, steps: int) -> None:
+        if clip == self.stop:
+            raise KeyboardInterrupt
+        if step == 0:
+            self.clips.append(clip)
+
+
+def test_an_interrupted_one_segment_shot_resumes_from_its_work_dir(pipe, demo_media, tmp_path):
+    audio, image = demo_media
+    out, work = tmp_path / "shot.mp4", tmp_path / "work"
+    options = SegmentOptions(work_dir=work)
+    first = StopAtClip(stop=1)
+    with pytest.raises(KeyboardInterrupt):
+        render_shot(pipe, audio, image, "a face talks", out, SETTINGS, on_step=first, progress=False,
+                    segments=options)
+    assert first.clips == [0] and not out.exists()
+    assert (work / "plan.json").is_file()  # the folder holds the plan and clip 0, committed
+    again = StopAtClip()
+    r = render_shot(pipe, audio, image, "a face talks", out, SETTINGS, on_step=again, progress=False,
+                    segments=options)
+    assert again.clips == [1, 2]  # resumed after clip 0
+    assert r.clips == 3 and abs(probe_video(out).frames - 3.0 * 16) <= 1
+    assert not work.exists()  # removed after publishing (no --keep-work)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shot.mp4"]
+
+
+def test_keep_work_keeps_a_one_segment_shots_clips(pipe, demo_media, tmp_path):
+    audio, image = demo_media
+    out = tmp_path / "shot.mp4"
+    render_shot(pipe, audio, image, "a face talks", out, SETTINGS, progress=False,
+                segments=SegmentOptions(keep_work=True))
+    assert (default_work_dir(out) / "plan.json").is_file()
+    assert abs(probe_video(out).frames - 3.0 * 16) <= 1
