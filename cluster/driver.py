@@ -39,6 +39,7 @@ from cluster.ledger import RunDir
 from cluster.settings import EngineOptions, RunSettings
 from manifests import ManifestError, Shot, read_manifest, read_manifest_partial
 from manifests.problems import DEFAULT_MAX_PROBLEMS, Problem, ValidationReport
+from manifests.results import ResultsError
 from manifests.validate import InvalidRow, PartialManifest
 
 log = logging.getLogger("cluster")
@@ -338,11 +339,17 @@ def run(req: RunRequest) -> int:
                  last.get("inputs_hashed", 0))
         for note in notes:
             log.info("%s", note)
-        code = _finished_already(req, run_dir, shots, invalid)
-        if code is not None:
-            return code
         try:
+            code = _finished_already(req, run_dir, shots, invalid)
+            if code is not None:
+                return code
             return _run_engine(req, run_dir, run_id, shots, lease, invalid)
+        except ResultsError as exc:  # a bug; the shots' states are safe in the ledger, not lost with the file
+            log.exception("run %s: %s not written", run_id, run_dir.results_file)
+            _say(f"internal error: {run_dir.results_file} not written: {exc}. Every shot's state is kept in "
+                 f"{run_dir.path / 'shots'} (s2v status --run-dir {run_dir.path}); committed work is kept, a rerun "
+                 f"resumes (traceback in {run_dir.driver_log})")
+            return ec.EXIT_INTERNAL
         except Exception as exc:  # a bug, not bad input: exit 1 (2 means the manifest/options are wrong)
             from render.media.atomic import describe_os_error, environment_error
 

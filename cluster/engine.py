@@ -46,6 +46,7 @@ from cluster.scheduler import (
 from cluster.settings import EngineOptions, RunSettings
 from cluster.shot_work import plan_manifest_shot, segment_finished
 from manifests import Shot
+from manifests.results import ResultsError
 from render.media.atomic import check_writable, describe_os_error
 from render.shot.condition import shot_prompts
 from render.shot.plan import ShotPlan
@@ -524,9 +525,16 @@ class RunEngine:
         self.metrics.set_queue(len(self.queue), sum(1 for s in self.slots if s.group is not None))
         now = time.time()
         if force or now - self._results_at >= self.opts.results_interval_s:
-            write_run_results(self.run, [self.shots[s] for s in self.order])
-            refresh_report(self.run)  # RUN_DIR/index.html, from the results just written
             self._results_at = now
+            try:
+                write_run_results(self.run, [self.shots[s] for s in self.order])
+            except ResultsError as exc:
+                if force:  # the run's last write: the driver says so (the ledger keeps every state)
+                    raise
+                # A file that cannot be written is no reason to stop the groups rendering.
+                log.error("%s not written (tried again at the end of the run): %s", self.run.results_file, exc)
+            else:
+                refresh_report(self.run)  # RUN_DIR/index.html, from the results just written
         self._show_progress(force)
 
     def _show_progress(self, force: bool = False) -> None:
