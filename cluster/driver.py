@@ -427,11 +427,14 @@ def _run_engine(req: RunRequest, run_dir: RunDir, run_id: str, shots: list[Shot]
         finally:
             display.close()  # the last progress line before the summary below
         wall = time.time() - t0
-        log.info("run finished in %.1f s: %d done, %d failed, %d segments rendered by this driver", wall,
-                 counts["done"], counts["failed"], engine.rendered_segments)
-        _say(f"{counts['done']} done, {counts['failed']} failed of {len(shots)} shots{_invalid_note(invalid)} "
+        pending = counts.get("pending", 0)
+        log.info("run finished in %.1f s: %d done, %d failed, %d left pending, %d segments rendered by this driver",
+                 wall, counts["done"], counts["failed"], pending, engine.rendered_segments)
+        left = (f"; {pending} not rendered this time (no render group could be started: left pending, a rerun "
+                "renders them)") if pending else ""
+        _say(f"{counts['done']} done, {counts['failed']} failed of {len(shots)} shots{left}{_invalid_note(invalid)} "
              f"in {wall:.1f} s (results: {run_dir.results_file})")
-        return ec.EXIT_FAILED_SHOTS if counts["failed"] or invalid else ec.EXIT_OK
+        return ec.EXIT_FAILED_SHOTS if counts["failed"] or pending or invalid else ec.EXIT_OK
     finally:
         display.close()
         if started_here:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,7 @@ class RunEngine:
         self.stitching: set[str] = set()
         self.prep_actor: Any = None
         self.prep_restarts = 0  # times a dead preparation actor was replaced (bounded by prep_max_restarts)
+        self.prep_tries: Counter[str] = Counter()  # failed preparations per shot (bounded by prep_retries)
         self.metrics = RunMetrics(run_id)
         self.executor = ThreadPoolExecutor(max_workers=max(1, engine.groups), thread_name_prefix="s2v-form")
         self._results_at = 0.0
@@ -184,11 +186,13 @@ class RunEngine:
         self._submit_prep([need[i:i + self.opts.prep_chunk] for i in range(0, len(need), self.opts.prep_chunk)])
 
     def _submit_prep(self, chunks: list[list[str]]) -> None:
-        """Start a preparation actor and hand it ``chunks`` (its outputs are files in the run
-        directory, so a replacement actor skips whatever a dead one already wrote)."""
-        name = f"s2v-{self.run_id}-prep" + (f"-r{self.prep_restarts}" if self.prep_restarts else "")
-        self.prep_actor = PrepActor.options(num_cpus=1, name=name).remote(
-            str(self.run.path), self.settings.to_dict(), self.opts.prep_threads, self.opts.prep_text_encoder_device)
+        """Hand ``chunks`` to the preparation actor, starting one when there is none (its outputs
+        are files in the run directory, so a replacement actor skips whatever a dead one wrote)."""
+        if self.prep_actor is None:
+            name = f"s2v-{self.run_id}-prep" + (f"-r{self.prep_restarts}" if self.prep_restarts else "")
+            self.prep_actor = PrepActor.options(num_cpus=1, name=name).remote(
+                str(self.run.path), self.settings.to_dict(), self.opts.prep_threads,
+                self.opts.prep_text_encoder_device)
         for chunk in chunks:
             ref = self.prep_actor.prepare.remote([self.shots[s] for s in chunk],
                                                  [self.plans[s].to_dict() for s in chunk])
@@ -221,7 +225,7 @@ class RunEngine:
             raise
         self._shutdown()
         self._publish_state(force=True)
-        return {state: sum(1 for s in self.status.values() if s.state == state) for state in ("done", "failed")}
+        return {state: sum(1 for s in self.status.values() if s.state == state) for state in ("done", "failed", "pending")}
 
     def _settle_stitches(self, timeout_s: float = 15.0) -> None:
         """A stopped run: end the stitch tasks still in flight (a publish is atomic: it landed or
@@ -285,7 +289,7 @@ class RunEngine:
             sid = task.shot_id
             st = self.status[sid]
             st.attempts += 1
-            st.state = "running"
+            st.state, st.pending_reason = "running", None
             st.started_at = st.started_at or time.time()
             st.device = "gpu" if self.spec.slot_resource == "GPU" else "cpu"
             attempt = self.run.next_attempt(sid)
@@ -303,9 +307,12 @@ class RunEngine:
         if self.inflight or any(s.forming for s in self.slots):
             return True
         if self._remaining_render_work() and all(s.given_up for s in self.slots):
+            # The cluster, not the shots: busy, placement timing out, every node excluded, a model
+            # that does not load. The shots never got a fair try, so they stay pending and the next
+            # run (the next cron firing) renders them; failing them would need --retry-failed.
             reason = "; ".join(sorted({s.given_up or "" for s in self.slots}))
             for sid in self.queue.shot_order():
-                self._fail(sid, f"no render group could be started: {reason}", "render", "GroupStartError")
+                self._leave_pending(sid, f"not rendered: no render group could be started: {reason}")
             return False
         return True
 
@@ -456,13 +463,25 @@ class RunEngine:
         except ray.exceptions.RayActorError as exc:
             self._prep_actor_died(chunk, exc)
             return
-        except Exception as exc:
+        except Exception as exc:  # the call itself raised (e.g. umT5 on a card a render group fills)
             outcome = {sid: _describe(exc) for sid in chunk}
+        again = []
         for sid, error in outcome.items():
             if error is None:
                 self.prepared.add(sid)
+            elif self._terminal(sid):
+                continue
+            elif self.prep_tries[sid] < self.opts.prep_retries:  # may pass: memory, a file system hiccup
+                self.prep_tries[sid] += 1
+                log.warning("shot %s: preparation failed (%s); trying again (%d/%d)", sid, error,
+                            self.prep_tries[sid], self.opts.prep_retries)
+                again.append(sid)
             else:  # "ExceptionType: message" (cluster.prep)
-                self._fail(sid, f"preparation failed: {error}", "preparation", error.split(":", 1)[0].strip() or None)
+                tries = self.prep_tries[sid] + 1
+                self._fail(sid, f"preparation failed{f' {tries} times' if tries > 1 else ''}: {error}", "preparation",
+                           error.split(":", 1)[0].strip() or None)
+        if again:
+            self._submit_prep([again])
         if not any(k == "prep" for k, _ in self.inflight.values()) and self.prep_actor is not None:
             with contextlib.suppress(Exception):
                 ray.kill(self.prep_actor)  # frees the text encoder's and wav2vec's memory
@@ -510,6 +529,15 @@ class RunEngine:
         self.queue.drop_shot(sid)
         self.run.write_status(sid, st)
         log.error("shot %s failed: %s", sid, reason)
+
+    def _leave_pending(self, sid: str, reason: str) -> None:
+        """The run ends without rendering ``sid`` for a reason that is not the shot's: it stays
+        pending (``reason`` shown by ``s2v status`` and in results.parquet) for the next run."""
+        st = self.status.setdefault(sid, ShotStatus())
+        st.state, st.pending_reason = "pending", reason
+        self.queue.drop_shot(sid)
+        self.run.write_status(sid, st)
+        log.error("shot %s left pending: %s; a rerun renders it", sid, reason)
 
     def _attempt_note(self, sid: str, attempt: int, text: str) -> None:
         path = self.run.attempt_log(sid, attempt)

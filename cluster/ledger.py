@@ -77,6 +77,10 @@ class ShotStatus:
     failure_stage: str | None = None  # set when failed: one of manifests.results.FAILURE_STAGES
     failure_type: str | None = None  # set when failed: exception class (or reason) of the failure
     device: str | None = None  # "gpu" or "cpu": what the ranks of its last attempt ran on
+    # Why the last run left this shot pending without a fair try (no render group could be
+    # started: cluster busy, placement timeouts, every node excluded). Not a failure: the next run
+    # renders it. Cleared when it is dispatched again.
+    pending_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,7 +100,7 @@ class ShotStatus:
         failures = [Failure(**f) for f in d.get("failures", [])]
         return ShotStatus(d.get("state", "pending"), int(d.get("attempts", 0)), failures, d.get("error"),
                           d.get("started_at"), d.get("finished_at"), float(d.get("gpu_seconds", 0.0)),
-                          d.get("failure_stage"), d.get("failure_type"), d.get("device"))
+                          d.get("failure_stage"), d.get("failure_type"), d.get("device"), d.get("pending_reason"))
 
 
 def prompt_key(text: str) -> str:

@@ -52,7 +52,9 @@ def result_row(run: RunDir, shot: Shot, run_id: str | None = None) -> ResultRow:
     failed = state == "failed"
     row = ResultRow(
         shot_id=shot.shot_id, status=state, attempts=status.attempts,
-        error=status.error if failed else None, output=None if failed else str(shot.output),
+        # a pending shot's error: why the last run left it unrendered (not a failure; a rerun renders it)
+        error=status.error if failed else status.pending_reason if state == "pending" else None,
+        output=None if failed else str(shot.output),
         resolved_seed=shot.seed, started_at=_utc(status.started_at),
         # rank-seconds of segment attempts, only when the ranks held GPUs (null on CPU runs)
         gpu_seconds=round(status.gpu_seconds, 3) if status.device == "gpu" else None,

@@ -32,3 +32,34 @@ def test_a_shot_whose_output_folder_cannot_be_created_fails_alone(local_ray, tmp
     # The next firing (cron) has nothing to do and says so, instead of failing on the results file.
     assert run(req) == ec.EXIT_FAILED_SHOTS
     assert "nothing to do: 1 done, 1 failed of 2 shots" in capsys.readouterr().err
+
+
+def test_shots_the_busy_cluster_left_unrendered_are_rendered_by_the_next_run(local_ray, tmp_path, tiny_ckpt, capsys):
+    import ray
+
+    from cluster.status import collect
+
+    @ray.remote(num_cpus=0, resources={"render_slot": 4})
+    class Hog:  # another job holds every render slot for a while
+        def ping(self) -> int:
+            return 1
+
+    hog = Hog.remote()
+    ray.get(hog.ping.remote())
+    rows = shot_rows(tmp_path, [1.0, 1.0], tmp_path / "out")
+    req = request(write_rows(rows, tmp_path / "m.parquet"), tmp_path / "run", tiny_ckpt,
+                  engine={**ONE_GROUP, "group_start_timeout_s": 5.0, "group_start_retries": 2})
+    try:
+        assert run(req) == ec.EXIT_FAILED_SHOTS
+    finally:
+        ray.kill(hog)  # the cluster is free again
+    assert "0 done, 0 failed of 2 shots; 2 not rendered this time" in capsys.readouterr().err
+    for r in read_results(req.run_dir / "results.parquet"):
+        assert (r.status, r.failure_stage, r.output is not None) == ("pending", None, True)
+        assert r.error.startswith("not rendered: no render group could be started")
+    lines = {line.shot_id: line for line in collect(req.run_dir).shots}
+    assert lines["shot00"].state == "pending" and "no render group could be started" in lines["shot00"].error
+
+    assert run(req) == ec.EXIT_OK  # the next cron firing, same command line
+    results = read_results(req.run_dir / "results.parquet")
+    assert [(r.status, r.error) for r in results] == [("done", None), ("done", None)]

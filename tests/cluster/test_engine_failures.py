@@ -1,0 +1,72 @@
+"""How the engine judges a failure, without Ray (``ray.get`` replaced): what the shot's own fault
+ends, and what the cluster's trouble leaves for another try."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import cluster.engine as engine_mod
+from cluster.engine import GroupSlot, RunEngine
+from cluster.ledger import RunDir, ShotStatus
+from cluster.scheduler import SegmentQueue, SegmentTask
+from cluster.settings import EngineOptions
+
+
+def _engine(tmp_path, ids, **opts) -> RunEngine:
+    eng = RunEngine.__new__(RunEngine)
+    eng.run, eng.opts = RunDir(tmp_path / "run"), EngineOptions(**opts)
+    eng.order = list(ids)
+    eng.status = {s: ShotStatus() for s in ids}
+    eng.queue, eng.prepared, eng.inflight, eng.stitching = SegmentQueue(), set(), {}, set()
+    eng.prep_actor, eng.prep_tries = None, Counter()
+    return eng
+
+
+def _raise(exc):
+    def get(ref):
+        raise exc
+    return get
+
+
+def test_a_preparation_call_that_raised_is_tried_again_before_its_shots_fail(tmp_path, monkeypatch):
+    ids = [f"s{i}" for i in range(3)]
+    eng = _engine(tmp_path, ids, prep_retries=2)
+    sent = []
+    eng._submit_prep = sent.append
+    monkeypatch.setattr(engine_mod.ray, "get", _raise(RuntimeError("CUDA out of memory. Tried to allocate 1.00 GiB")))
+    for _ in range(2):  # the card is full for a while
+        eng._prep_returned(ids, "ref")
+        assert all(eng.status[s].state == "pending" for s in ids)
+    assert sent == [[ids], [ids]]
+    eng._prep_returned(ids, "ref")  # third time: the budget is spent
+    assert sent == [[ids], [ids]]
+    for s in ids:
+        st = eng.status[s]
+        assert (st.state, st.failure_stage, st.failure_type) == ("failed", "preparation", "RuntimeError")
+        assert st.error.startswith("preparation failed 3 times: RuntimeError: CUDA out of memory")
+
+
+def test_a_prepared_retry_succeeds_and_a_shot_s_own_preparation_error_fails_it_alone(tmp_path, monkeypatch):
+    eng = _engine(tmp_path, ["a", "b"], prep_retries=1)
+    eng._submit_prep = lambda chunks: None
+    outcomes = iter([{"a": None, "b": "ValueError: audio has no samples"}, {"b": "ValueError: audio has no samples"}])
+    monkeypatch.setattr(engine_mod.ray, "get", lambda ref: next(outcomes))
+    eng._prep_returned(["a", "b"], "r1")
+    assert "a" in eng.prepared and eng.status["b"].state == "pending"
+    eng._prep_returned(["b"], "r2")
+    assert eng.status["a"].state == "pending" and eng.status["b"].state == "failed"
+    assert eng.status["b"].failure_type == "ValueError"
+
+
+def test_shots_left_when_no_render_group_can_start_stay_pending_with_the_reason(tmp_path):
+    eng = _engine(tmp_path, ["a", "b"])
+    eng.slots = [GroupSlot("g0", given_up="placement group not ready after 5 s")]
+    eng.status["a"] = ShotStatus(state="running", attempts=1)  # requeued after a failed attempt
+    for sid in ("a", "b"):
+        eng.queue.push(SegmentTask.make(sid, 0, 0, 16, 0))
+    assert not eng._progress_possible()
+    for sid in ("a", "b"):
+        st = eng.run.read_status(sid)
+        assert (st.state, st.failure_stage, st.error) == ("pending", None, None)
+        assert st.pending_reason == "not rendered: no render group could be started: placement group not ready after 5 s"
+    assert eng.run.read_status("a").attempts == 1 and len(eng.queue) == 0
