@@ -439,8 +439,11 @@ class RunEngine:
             record = ray.get(ref)
         except Exception as exc:
             message = f"stitch/publish failed: {_describe(exc)}"
-            log.warning("shot %s: %s", sid, message)
-            failure = Failure(st.attempts, ERROR, failure_signature(ERROR, type(_cause(exc)).__name__, message),
+            # A worker or node that died under the task (OOM killer, node loss) is the cluster's
+            # trouble, not the shot's: its constant message must not read as "the same error twice".
+            kind = INFRA if _ray_process_died(exc) else ERROR
+            log.warning("shot %s: %s (%s)", sid, message, kind)
+            failure = Failure(st.attempts, kind, failure_signature(kind, type(_cause(exc)).__name__, message),
                               message, time.time())
             verdict = judge_failure(st, failure, self.opts.shot_max_failures)
             if verdict.retry:
@@ -604,6 +607,15 @@ def _unwritable_output(shot: Shot) -> str | None:
             exc.filename = str(out_dir)
         return f"output directory not writable: {describe_os_error(exc)}"
     return None
+
+
+# What Ray raises when the process running a task or actor is gone (killed, crashed, its node lost).
+_RAY_DEATHS = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+               ray.exceptions.LocalRayletDiedError, ray.exceptions.OutOfMemoryError, ray.exceptions.ObjectLostError)
+
+
+def _ray_process_died(exc: BaseException) -> bool:
+    return isinstance(exc, _RAY_DEATHS) or isinstance(_cause(exc), _RAY_DEATHS)
 
 
 def _cause(exc: BaseException) -> BaseException:

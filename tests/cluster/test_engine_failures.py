@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+import ray.exceptions
+
 import cluster.engine as engine_mod
 from cluster.engine import GroupSlot, RunEngine
 from cluster.ledger import RunDir, ShotStatus
-from cluster.scheduler import SegmentQueue, SegmentTask
+from cluster.scheduler import INFRA, SegmentQueue, SegmentTask
 from cluster.settings import EngineOptions
 
 
@@ -56,6 +59,32 @@ def test_a_prepared_retry_succeeds_and_a_shot_s_own_preparation_error_fails_it_a
     eng._prep_returned(["b"], "r2")
     assert eng.status["a"].state == "pending" and eng.status["b"].state == "failed"
     assert eng.status["b"].failure_type == "ValueError"
+
+
+@pytest.mark.parametrize("death", [ray.exceptions.WorkerCrashedError(), ray.exceptions.NodeDiedError("node lost"),
+                                   ray.exceptions.OutOfMemoryError("the memory monitor killed the worker")])
+def test_a_stitch_whose_worker_died_is_retried_within_the_budget(tmp_path, monkeypatch, death):
+    monkeypatch.setattr(engine_mod.ray, "get", _raise(death))
+    eng = _engine(tmp_path, ["s"], shot_max_failures=3)
+    eng.status["s"] = ShotStatus(state="running", attempts=1)
+    restarts = []
+    eng._start_stitch = restarts.append
+    eng._stitch_returned("s", "a")
+    eng._stitch_returned("s", "b")  # the same message twice: not "failed the same way twice"
+    st = eng.status["s"]
+    assert st.state == "running" and restarts == ["s", "s"] and [f.kind for f in st.failures] == [INFRA, INFRA]
+    eng._stitch_returned("s", "c")  # the budget still bounds it
+    assert st.state == "failed" and st.failure_stage == "stitch" and "3 failed attempts (limit 3)" in st.error
+
+
+def test_a_stitch_error_of_the_shot_itself_still_fails_the_second_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine_mod.ray, "get", _raise(ValueError("frame count 19 != 20")))
+    eng = _engine(tmp_path, ["s"], shot_max_failures=3)
+    eng.status["s"] = ShotStatus(state="running", attempts=1)
+    eng._start_stitch = lambda sid: None
+    eng._stitch_returned("s", "a")
+    eng._stitch_returned("s", "b")
+    assert eng.status["s"].state == "failed" and "failed the same way twice" in eng.status["s"].error
 
 
 def test_shots_left_when_no_render_group_can_start_stay_pending_with_the_reason(tmp_path):
