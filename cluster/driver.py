@@ -259,6 +259,12 @@ def _prepare_run_dir(run: RunDir, shots: list[Shot], req: RunRequest,
                 notes.append(f"shot {sid}: {why}; its segment intermediates were removed after publishing "
                              "(--keep-work was off): its segments are rendered again")
             run.unpublish(sid)
+        elif action == RESTITCH and (failed := run.read_status(sid)).state == "failed":
+            # Like any other edit of the row (e.g. the output moved to a folder that can be written):
+            # the shot is tried again, instead of staying failed without a word.
+            notes.append(f"shot {sid}: {why}: it had failed ({(failed.error or '?').splitlines()[0][:200]}); "
+                         "it is tried again")
+            run.retry(sid)
         run.write_key(sid, keys[sid].to_dict())
     hashes.save()
     previous = _previous_ids(run)

@@ -245,6 +245,13 @@ class RunDir:
             status.state, status.finished_at = "pending", None
             self.write_status(shot_id, status)
 
+    def retry(self, shot_id: str) -> None:
+        """Give a failed shot new attempts (its row was edited): pending again, its failures
+        forgotten; its plan and committed segments stay, attempt numbers go on."""
+        status = self.read_status(shot_id)
+        if status.state == "failed":
+            self.write_status(shot_id, ShotStatus(attempts=status.attempts))
+
     def read_plan(self, shot_id: str) -> dict[str, Any] | None:
         return read_json(self.plan_file(shot_id))
 

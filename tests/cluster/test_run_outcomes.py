@@ -32,6 +32,12 @@ def test_a_shot_whose_output_folder_cannot_be_created_fails_alone(local_ray, tmp
     # The next firing (cron) has nothing to do and says so, instead of failing on the results file.
     assert run(req) == ec.EXIT_FAILED_SHOTS
     assert "nothing to do: 1 done, 1 failed of 2 shots" in capsys.readouterr().err
+    # The user moves the output to a folder that can be written: that edit renders it.
+    rows[1]["output"] = str(tmp_path / "out" / "shot01.mp4")
+    req = request(write_rows(rows, tmp_path / "m2.parquet"), req.run_dir, tiny_ckpt, engine=ONE_GROUP)
+    assert run(req) == ec.EXIT_OK
+    assert "shot shot01: encode settings (crf, output path) changed: it had failed" in capsys.readouterr().err
+    assert [r.status for r in read_results(req.run_dir / "results.parquet")] == ["done", "done"]
 
 
 def test_shots_the_busy_cluster_left_unrendered_are_rendered_by_the_next_run(local_ray, tmp_path, tiny_ckpt, capsys):
