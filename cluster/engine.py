@@ -219,12 +219,12 @@ class RunEngine:
             # A stopped or failed run's results file still shows what was published until now
             # (it is otherwise rewritten only every results_interval_s).
             try:
-                self._publish_state(force=True)
+                self._publish_state(force=True, ended=True)
             except Exception:
                 log.exception("writing the results file after the run stopped failed")
             raise
         self._shutdown()
-        self._publish_state(force=True)
+        self._publish_state(force=True, ended=True)
         return {state: sum(1 for s in self.status.values() if s.state == state) for state in ("done", "failed", "pending")}
 
     def _settle_stitches(self, timeout_s: float = 15.0) -> None:
@@ -548,7 +548,10 @@ class RunEngine:
         with open(path, "a") as fh:
             fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} driver: {text}\n")
 
-    def _publish_state(self, force: bool = False) -> None:
+    def _publish_state(self, force: bool = False, ended: bool = False) -> None:
+        """Metrics, results.parquet and index.html (at most every results_interval_s unless
+        ``force``). ``ended``: nothing of this run renders any more, so a shot still marked running
+        was interrupted, and the results file says so."""
         counts = {state: 0 for state in ("pending", "running", "done", "failed")}
         for st in self.status.values():
             counts[st.state if st.state in counts else "pending"] += 1
@@ -558,7 +561,7 @@ class RunEngine:
         if force or now - self._results_at >= self.opts.results_interval_s:
             self._results_at = now
             try:
-                write_run_results(self.run, [self.shots[s] for s in self.order])
+                write_run_results(self.run, [self.shots[s] for s in self.order], rendering=not ended)
             except ResultsError as exc:
                 if force:  # the run's last write: the driver says so (the ledger keeps every state)
                     raise

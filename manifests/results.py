@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 
 from manifests.atomic import atomic_write_table
 
-STATUSES: tuple[str, ...] = ("pending", "running", "done", "failed", "skipped")
+#: ``interrupted``: was rendering when its run stopped (signal, crash, lost lease); a rerun resumes it.
+STATUSES: tuple[str, ...] = ("pending", "running", "done", "failed", "skipped", "interrupted")
 #: where a failed shot failed (``failure_stage``); ``output``: its output folder could not be
 #: created or written, checked before anything of the shot renders.
 FAILURE_STAGES: tuple[str, ...] = ("validation", "output", "planning", "preparation", "render", "stitch")

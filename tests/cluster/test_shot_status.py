@@ -46,3 +46,21 @@ def test_a_results_file_that_cannot_be_written_is_an_error_naming_shot_and_colum
     assert "results.parquet not written" in err and "shot_id 'shot01'" in err and "'failure_stage'" in err
     assert f"s2v status --run-dir {ledger.path}" in err and "Traceback" not in err
     assert ledger.read_status("shot00").state == "failed"  # the ledger is untouched
+
+
+def test_results_written_when_nothing_renders_call_a_running_shot_interrupted(tmp_path, tiny_ckpt):
+    from cluster.driver import _prepare_run_dir, load_shots
+    from cluster.results import write_run_results
+    from manifests import read_results
+    from tests.cluster.helpers import request, shot_rows, write_rows
+
+    rows = shot_rows(tmp_path, [1.0, 1.0], tmp_path / "out")
+    req = request(write_rows(rows, tmp_path / "m.parquet"), tmp_path / "run", tiny_ckpt)
+    ledger = RunDir(req.run_dir)
+    shots = load_shots(req)
+    _prepare_run_dir(ledger, shots, req)
+    ledger.write_status("shot00", ShotStatus(state="running", attempts=1))  # in flight when the run stopped
+    write_run_results(ledger, shots, rendering=True)  # the live run's own writes
+    assert [r.status for r in read_results(ledger.results_file)] == ["running", "pending"]
+    write_run_results(ledger, shots)  # written after the stop (or by a later start)
+    assert [r.status for r in read_results(ledger.results_file)] == ["interrupted", "pending"]

@@ -139,7 +139,7 @@ def test_read_errors_name_the_file(tmp_path: Path):
 
 
 def test_statuses():
-    assert STATUSES == ("pending", "running", "done", "failed", "skipped")
+    assert STATUSES == ("pending", "running", "done", "failed", "skipped", "interrupted")
 
 
 def test_a_shot_whose_output_folder_is_unwritable_is_recorded_with_stage_output(tmp_path: Path):
