@@ -420,7 +420,7 @@ def _run_engine(req: RunRequest, run_dir: RunDir, run_id: str, shots: list[Shot]
     try:
         slot = req.engine.slot_resource or detect_slot_resource(req.engine.group_size)
         engine = RunEngine(run_dir, run_id, shots, req.settings, req.engine, slot, retry_failed=req.retry_failed,
-                           stop=stop, lease_token=lease.token, progress=display)
+                           stop=stop, lease_token=lease.token, progress=display, lease_lost=lease.lost)
         t0 = time.time()
         try:
             counts = engine.run_loop()

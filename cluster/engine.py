@@ -81,10 +81,16 @@ class GroupSlot:
 
 
 class RunEngine:
+    # Set (by the lease's heartbeat) when another run took the run directory over: from then on
+    # this engine writes nothing there (its manifest and shot states are older than the new run's).
+    lease_lost: Event | None = None
+
     def __init__(self, run: RunDir, run_id: str, shots: list[Shot], settings: RunSettings, engine: EngineOptions,
                  slot_resource: str, *, retry_failed: bool = False, stop: Event | None = None,
-                 lease_token: str | None = None, progress: ProgressDisplay | None = None):
+                 lease_token: str | None = None, progress: ProgressDisplay | None = None,
+                 lease_lost: Event | None = None):
         self.run, self.run_id, self.settings, self.opts = run, run_id, settings, engine
+        self.lease_lost = lease_lost
         self.shots = {s.shot_id: s for s in shots}
         self.order = [s.shot_id for s in shots]
         self.retry_failed = retry_failed
@@ -214,18 +220,33 @@ class RunEngine:
                 self._wait_and_handle(0.5)
                 self._publish_state()
         except BaseException:
-            self._shutdown()
-            self._settle_stitches()
-            # A stopped or failed run's results file still shows what was published until now
-            # (it is otherwise rewritten only every results_interval_s).
-            try:
-                self._publish_state(force=True, ended=True)
-            except Exception:
-                log.exception("writing the results file after the run stopped failed")
+            self._wind_down()
             raise
         self._shutdown()
         self._publish_state(force=True, ended=True)
         return {state: sum(1 for s in self.status.values() if s.state == state) for state in ("done", "failed", "pending")}
+
+    def _wind_down(self) -> None:
+        """A stopped or failed run: groups and tasks ended, then a results file that still shows
+        what was published until now (it is otherwise rewritten only every results_interval_s)."""
+        self._shutdown()
+        self._settle_stitches()
+        if self._lease_lost():
+            log.warning("the lease was taken over: %s and index.html are left to the run that holds it",
+                        self.run.results_file)
+            return
+        try:
+            self._publish_state(force=True, ended=True)
+        except Exception:
+            log.exception("writing the results file after the run stopped failed")
+
+    def _lease_lost(self) -> bool:
+        return self.lease_lost is not None and self.lease_lost.is_set()
+
+    def _save_status(self, sid: str, st: ShotStatus) -> None:
+        """Persist a shot's state, unless the run directory belongs to another run now."""
+        if not self._lease_lost():
+            self.run.write_status(sid, st)
 
     def _settle_stitches(self, timeout_s: float = 15.0) -> None:
         """A stopped run: end the stitch tasks still in flight (a publish is atomic: it landed or
@@ -245,7 +266,7 @@ class RunEngine:
             if st.state != "done" and self.run.is_published(sid):
                 record = self.run.read_published(sid) or {}
                 st.state, st.finished_at, st.error = "done", record.get("published_at", time.time()), None
-                self.run.write_status(sid, st)
+                self._save_status(sid, st)
                 log.info("shot %s published while the run stopped", sid)
 
     def _remaining_render_work(self) -> bool:
@@ -293,7 +314,7 @@ class RunEngine:
             st.started_at = st.started_at or time.time()
             st.device = "gpu" if self.spec.slot_resource == "GPU" else "cpu"
             attempt = self.run.next_attempt(sid)
-            self.run.write_status(sid, st)
+            self._save_status(sid, st)
             self._attempt_note(sid, attempt, f"attempt {attempt}: segment {task.index} on group "
                                              f"{slot.group.label} (node {slot.group.node_id}, pids {slot.group.pids})")
             payload = {"shot": self.shots[sid], "index": task.index, "attempt": attempt,
@@ -360,7 +381,7 @@ class RunEngine:
         r0 = job.results[0]
         self._attempt_note(sid, job.attempt, f"segment {index} committed: {r0['clips_rendered']} clips rendered, "
                                              f"resumed from clip {r0['resumed_from']}, {r0['seconds']:.1f} s")
-        self.run.write_status(sid, st)
+        self._save_status(sid, st)
         plan = self.plans[sid]
         if not self._terminal(sid) and all(s.index in self.run.committed_segments(sid) for s in plan.segments):
             self._start_stitch(sid)
@@ -412,13 +433,13 @@ class RunEngine:
                           group_label, node)
         if self._terminal(sid):  # another segment of this shot already failed it
             self.status[sid].failures.append(failure)
-            self.run.write_status(sid, self.status[sid])
+            self._save_status(sid, self.status[sid])
             return
         verdict = judge_failure(self.status[sid], failure, self.opts.shot_max_failures,
                                 retryable=exc_type not in NOT_RETRIED)
         if verdict.retry:
             self.queue.push(job.task)  # resumes from the segment's last committed clip
-            self.run.write_status(sid, self.status[sid])
+            self._save_status(sid, self.status[sid])
         else:
             self._fail(sid, verdict.reason, "render", exc_type)
 
@@ -448,13 +469,13 @@ class RunEngine:
             verdict = judge_failure(st, failure, self.opts.shot_max_failures)
             if verdict.retry:
                 st.attempts += 1  # the stitch retry is an attempt: `attempts` never trails "N failed attempts"
-                self.run.write_status(sid, st)
+                self._save_status(sid, st)
                 self._start_stitch(sid)
             else:
                 self._fail(sid, verdict.reason, "stitch", type(_cause(exc)).__name__)
             return
         st.state, st.finished_at, st.error = "done", record["published_at"], None
-        self.run.write_status(sid, st)
+        self._save_status(sid, st)
         if st.started_at is not None:
             self.metrics.shot_published(st.finished_at - st.started_at)
         log.info("shot %s published: %s (%d frames, sha256 %s)", sid, record["output"], record["frames"],
@@ -530,7 +551,7 @@ class RunEngine:
         st.state, st.error, st.finished_at = "failed", reason, time.time()
         st.failure_stage, st.failure_type = stage, failure_type
         self.queue.drop_shot(sid)
-        self.run.write_status(sid, st)
+        self._save_status(sid, st)
         log.error("shot %s failed: %s", sid, reason)
 
     def _leave_pending(self, sid: str, reason: str) -> None:
@@ -539,7 +560,7 @@ class RunEngine:
         st = self.status.setdefault(sid, ShotStatus())
         st.state, st.pending_reason = "pending", reason
         self.queue.drop_shot(sid)
-        self.run.write_status(sid, st)
+        self._save_status(sid, st)
         log.error("shot %s left pending: %s; a rerun renders it", sid, reason)
 
     def _attempt_note(self, sid: str, attempt: int, text: str) -> None:
@@ -558,7 +579,7 @@ class RunEngine:
         self.metrics.set_shots(counts)
         self.metrics.set_queue(len(self.queue), sum(1 for s in self.slots if s.group is not None))
         now = time.time()
-        if force or now - self._results_at >= self.opts.results_interval_s:
+        if (force or now - self._results_at >= self.opts.results_interval_s) and not self._lease_lost():
             self._results_at = now
             try:
                 write_run_results(self.run, [self.shots[s] for s in self.order], rendering=not ended)

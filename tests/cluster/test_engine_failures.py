@@ -99,3 +99,51 @@ def test_shots_left_when_no_render_group_can_start_stay_pending_with_the_reason(
         assert (st.state, st.failure_stage, st.error) == ("pending", None, None)
         assert st.pending_reason == "not rendered: no render group could be started: placement group not ready after 5 s"
     assert eng.run.read_status("a").attempts == 1 and len(eng.queue) == 0
+
+
+def test_a_run_whose_lease_was_taken_over_leaves_the_run_directory_alone_on_its_way_out(tmp_path, tiny_ckpt,
+                                                                                        monkeypatch):
+    import json
+    import threading
+    from types import SimpleNamespace
+
+    from cluster.driver import _prepare_run_dir, load_shots
+    from manifests import read_results
+    from tests.cluster.helpers import request, shot_rows, write_rows
+
+    rows = shot_rows(tmp_path, [1.0, 1.0], tmp_path / "out")
+    req = request(write_rows(rows, tmp_path / "m.parquet"), tmp_path / "run", tiny_ckpt)
+    ledger = RunDir(req.run_dir)
+    shots = load_shots(req)
+    _prepare_run_dir(ledger, shots, req)
+    lost = threading.Event()
+    eng = RunEngine(ledger, "r1", shots, req.settings, req.engine, "CPU", lease_lost=lost)
+    eng.metrics = SimpleNamespace(set_shots=lambda counts: None, set_queue=lambda depth, ready: None)
+    eng.status = {"shot00": ShotStatus(state="running", attempts=1), "shot01": ShotStatus(state="running", attempts=1)}
+    ledger.write_status("shot00", eng.status["shot00"])
+    ledger.write_status("shot01", eng.status["shot01"])
+    out = tmp_path / "out" / "shot01.mp4"
+
+    def publish_lands_during_the_stop(refs, num_returns, timeout):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(b"x" * 10)
+        ledger.published_file("shot01").write_text(json.dumps({"output": str(out), "bytes": 10, "published_at": 5.0,
+                                                               "sha256": "ab" * 32, "frames": 16, "fps": 16.0,
+                                                               "duration_s": 1.0}))
+        return refs, []
+
+    monkeypatch.setattr(engine_mod.ray, "cancel", lambda ref, force: None)
+    monkeypatch.setattr(engine_mod.ray, "wait", publish_lands_during_the_stop)
+
+    lost.set()  # another run took the lease over as stale: the directory is its now
+    eng.inflight = {"stitch-ref": ("stitch", "shot01")}
+    eng._wind_down()
+    assert not ledger.results_file.exists() and not (ledger.path / "index.html").exists()
+    assert ledger.read_status("shot01").state == "running"  # the new run's ledger is not rewritten
+
+    lost.clear()  # a run that was merely stopped writes what it knows, calling the in-flight shot interrupted
+    eng.status["shot01"] = ShotStatus(state="running", attempts=1)
+    eng.inflight = {"stitch-ref": ("stitch", "shot01")}
+    eng._wind_down()
+    assert [r.status for r in read_results(ledger.results_file)] == ["interrupted", "done"]
+    assert ledger.read_status("shot01").state == "done" and (ledger.path / "index.html").is_file()
