@@ -39,6 +39,7 @@ from cluster.ledger import RunDir
 from cluster.settings import EngineOptions, RunSettings
 from manifests import ManifestError, Shot, read_manifest, read_manifest_partial
 from manifests.problems import DEFAULT_MAX_PROBLEMS, Problem, ValidationReport
+from manifests.results import ResultsError
 from manifests.validate import InvalidRow, PartialManifest
 
 log = logging.getLogger("cluster")
@@ -258,6 +259,12 @@ def _prepare_run_dir(run: RunDir, shots: list[Shot], req: RunRequest,
                 notes.append(f"shot {sid}: {why}; its segment intermediates were removed after publishing "
                              "(--keep-work was off): its segments are rendered again")
             run.unpublish(sid)
+        elif action == RESTITCH and (failed := run.read_status(sid)).state == "failed":
+            # Like any other edit of the row (e.g. the output moved to a folder that can be written):
+            # the shot is tried again, instead of staying failed without a word.
+            notes.append(f"shot {sid}: {why}: it had failed ({(failed.error or '?').splitlines()[0][:200]}); "
+                         "it is tried again")
+            run.retry(sid)
         run.write_key(sid, keys[sid].to_dict())
     hashes.save()
     previous = _previous_ids(run)
@@ -338,11 +345,17 @@ def run(req: RunRequest) -> int:
                  last.get("inputs_hashed", 0))
         for note in notes:
             log.info("%s", note)
-        code = _finished_already(req, run_dir, shots, invalid)
-        if code is not None:
-            return code
         try:
+            code = _finished_already(req, run_dir, shots, invalid)
+            if code is not None:
+                return code
             return _run_engine(req, run_dir, run_id, shots, lease, invalid)
+        except ResultsError as exc:  # a bug; the shots' states are safe in the ledger, not lost with the file
+            log.exception("run %s: %s not written", run_id, run_dir.results_file)
+            _say(f"internal error: {run_dir.results_file} not written: {exc}. Every shot's state is kept in "
+                 f"{run_dir.path / 'shots'} (s2v status --run-dir {run_dir.path}); committed work is kept, a rerun "
+                 f"resumes (traceback in {run_dir.driver_log})")
+            return ec.EXIT_INTERNAL
         except Exception as exc:  # a bug, not bad input: exit 1 (2 means the manifest/options are wrong)
             from render.media.atomic import describe_os_error, environment_error
 
@@ -407,7 +420,7 @@ def _run_engine(req: RunRequest, run_dir: RunDir, run_id: str, shots: list[Shot]
     try:
         slot = req.engine.slot_resource or detect_slot_resource(req.engine.group_size)
         engine = RunEngine(run_dir, run_id, shots, req.settings, req.engine, slot, retry_failed=req.retry_failed,
-                           stop=stop, lease_token=lease.token, progress=display)
+                           stop=stop, lease_token=lease.token, progress=display, lease_lost=lease.lost)
         t0 = time.time()
         try:
             counts = engine.run_loop()
@@ -420,11 +433,14 @@ def _run_engine(req: RunRequest, run_dir: RunDir, run_id: str, shots: list[Shot]
         finally:
             display.close()  # the last progress line before the summary below
         wall = time.time() - t0
-        log.info("run finished in %.1f s: %d done, %d failed, %d segments rendered by this driver", wall,
-                 counts["done"], counts["failed"], engine.rendered_segments)
-        _say(f"{counts['done']} done, {counts['failed']} failed of {len(shots)} shots{_invalid_note(invalid)} "
+        pending = counts.get("pending", 0)
+        log.info("run finished in %.1f s: %d done, %d failed, %d left pending, %d segments rendered by this driver",
+                 wall, counts["done"], counts["failed"], pending, engine.rendered_segments)
+        left = (f"; {pending} not rendered this time (no render group could be started: left pending, a rerun "
+                "renders them)") if pending else ""
+        _say(f"{counts['done']} done, {counts['failed']} failed of {len(shots)} shots{left}{_invalid_note(invalid)} "
              f"in {wall:.1f} s (results: {run_dir.results_file})")
-        return ec.EXIT_FAILED_SHOTS if counts["failed"] or invalid else ec.EXIT_OK
+        return ec.EXIT_FAILED_SHOTS if counts["failed"] or pending or invalid else ec.EXIT_OK
     finally:
         display.close()
         if started_here:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ from cluster.scheduler import (
 from cluster.settings import EngineOptions, RunSettings
 from cluster.shot_work import plan_manifest_shot, segment_finished
 from manifests import Shot
+from manifests.results import ResultsError
 from render.media.atomic import check_writable, describe_os_error
 from render.shot.condition import shot_prompts
 from render.shot.plan import ShotPlan
@@ -79,10 +81,16 @@ class GroupSlot:
 
 
 class RunEngine:
+    # Set (by the lease's heartbeat) when another run took the run directory over: from then on
+    # this engine writes nothing there (its manifest and shot states are older than the new run's).
+    lease_lost: Event | None = None
+
     def __init__(self, run: RunDir, run_id: str, shots: list[Shot], settings: RunSettings, engine: EngineOptions,
                  slot_resource: str, *, retry_failed: bool = False, stop: Event | None = None,
-                 lease_token: str | None = None, progress: ProgressDisplay | None = None):
+                 lease_token: str | None = None, progress: ProgressDisplay | None = None,
+                 lease_lost: Event | None = None):
         self.run, self.run_id, self.settings, self.opts = run, run_id, settings, engine
+        self.lease_lost = lease_lost
         self.shots = {s.shot_id: s for s in shots}
         self.order = [s.shot_id for s in shots]
         self.retry_failed = retry_failed
@@ -100,6 +108,7 @@ class RunEngine:
         self.stitching: set[str] = set()
         self.prep_actor: Any = None
         self.prep_restarts = 0  # times a dead preparation actor was replaced (bounded by prep_max_restarts)
+        self.prep_tries: Counter[str] = Counter()  # failed preparations per shot (bounded by prep_retries)
         self.metrics = RunMetrics(run_id)
         self.executor = ThreadPoolExecutor(max_workers=max(1, engine.groups), thread_name_prefix="s2v-form")
         self._results_at = 0.0
@@ -183,11 +192,13 @@ class RunEngine:
         self._submit_prep([need[i:i + self.opts.prep_chunk] for i in range(0, len(need), self.opts.prep_chunk)])
 
     def _submit_prep(self, chunks: list[list[str]]) -> None:
-        """Start a preparation actor and hand it ``chunks`` (its outputs are files in the run
-        directory, so a replacement actor skips whatever a dead one already wrote)."""
-        name = f"s2v-{self.run_id}-prep" + (f"-r{self.prep_restarts}" if self.prep_restarts else "")
-        self.prep_actor = PrepActor.options(num_cpus=1, name=name).remote(
-            str(self.run.path), self.settings.to_dict(), self.opts.prep_threads, self.opts.prep_text_encoder_device)
+        """Hand ``chunks`` to the preparation actor, starting one when there is none (its outputs
+        are files in the run directory, so a replacement actor skips whatever a dead one wrote)."""
+        if self.prep_actor is None:
+            name = f"s2v-{self.run_id}-prep" + (f"-r{self.prep_restarts}" if self.prep_restarts else "")
+            self.prep_actor = PrepActor.options(num_cpus=1, name=name).remote(
+                str(self.run.path), self.settings.to_dict(), self.opts.prep_threads,
+                self.opts.prep_text_encoder_device)
         for chunk in chunks:
             ref = self.prep_actor.prepare.remote([self.shots[s] for s in chunk],
                                                  [self.plans[s].to_dict() for s in chunk])
@@ -209,18 +220,33 @@ class RunEngine:
                 self._wait_and_handle(0.5)
                 self._publish_state()
         except BaseException:
-            self._shutdown()
-            self._settle_stitches()
-            # A stopped or failed run's results file still shows what was published until now
-            # (it is otherwise rewritten only every results_interval_s).
-            try:
-                self._publish_state(force=True)
-            except Exception:
-                log.exception("writing the results file after the run stopped failed")
+            self._wind_down()
             raise
         self._shutdown()
-        self._publish_state(force=True)
-        return {state: sum(1 for s in self.status.values() if s.state == state) for state in ("done", "failed")}
+        self._publish_state(force=True, ended=True)
+        return {state: sum(1 for s in self.status.values() if s.state == state) for state in ("done", "failed", "pending")}
+
+    def _wind_down(self) -> None:
+        """A stopped or failed run: groups and tasks ended, then a results file that still shows
+        what was published until now (it is otherwise rewritten only every results_interval_s)."""
+        self._shutdown()
+        self._settle_stitches()
+        if self._lease_lost():
+            log.warning("the lease was taken over: %s and index.html are left to the run that holds it",
+                        self.run.results_file)
+            return
+        try:
+            self._publish_state(force=True, ended=True)
+        except Exception:
+            log.exception("writing the results file after the run stopped failed")
+
+    def _lease_lost(self) -> bool:
+        return self.lease_lost is not None and self.lease_lost.is_set()
+
+    def _save_status(self, sid: str, st: ShotStatus) -> None:
+        """Persist a shot's state, unless the run directory belongs to another run now."""
+        if not self._lease_lost():
+            self.run.write_status(sid, st)
 
     def _settle_stitches(self, timeout_s: float = 15.0) -> None:
         """A stopped run: end the stitch tasks still in flight (a publish is atomic: it landed or
@@ -240,7 +266,7 @@ class RunEngine:
             if st.state != "done" and self.run.is_published(sid):
                 record = self.run.read_published(sid) or {}
                 st.state, st.finished_at, st.error = "done", record.get("published_at", time.time()), None
-                self.run.write_status(sid, st)
+                self._save_status(sid, st)
                 log.info("shot %s published while the run stopped", sid)
 
     def _remaining_render_work(self) -> bool:
@@ -284,11 +310,11 @@ class RunEngine:
             sid = task.shot_id
             st = self.status[sid]
             st.attempts += 1
-            st.state = "running"
+            st.state, st.pending_reason = "running", None
             st.started_at = st.started_at or time.time()
             st.device = "gpu" if self.spec.slot_resource == "GPU" else "cpu"
             attempt = self.run.next_attempt(sid)
-            self.run.write_status(sid, st)
+            self._save_status(sid, st)
             self._attempt_note(sid, attempt, f"attempt {attempt}: segment {task.index} on group "
                                              f"{slot.group.label} (node {slot.group.node_id}, pids {slot.group.pids})")
             payload = {"shot": self.shots[sid], "index": task.index, "attempt": attempt,
@@ -302,9 +328,12 @@ class RunEngine:
         if self.inflight or any(s.forming for s in self.slots):
             return True
         if self._remaining_render_work() and all(s.given_up for s in self.slots):
+            # The cluster, not the shots: busy, placement timing out, every node excluded, a model
+            # that does not load. The shots never got a fair try, so they stay pending and the next
+            # run (the next cron firing) renders them; failing them would need --retry-failed.
             reason = "; ".join(sorted({s.given_up or "" for s in self.slots}))
             for sid in self.queue.shot_order():
-                self._fail(sid, f"no render group could be started: {reason}", "render", "GroupStartError")
+                self._leave_pending(sid, f"not rendered: no render group could be started: {reason}")
             return False
         return True
 
@@ -352,7 +381,7 @@ class RunEngine:
         r0 = job.results[0]
         self._attempt_note(sid, job.attempt, f"segment {index} committed: {r0['clips_rendered']} clips rendered, "
                                              f"resumed from clip {r0['resumed_from']}, {r0['seconds']:.1f} s")
-        self.run.write_status(sid, st)
+        self._save_status(sid, st)
         plan = self.plans[sid]
         if not self._terminal(sid) and all(s.index in self.run.committed_segments(sid) for s in plan.segments):
             self._start_stitch(sid)
@@ -404,13 +433,13 @@ class RunEngine:
                           group_label, node)
         if self._terminal(sid):  # another segment of this shot already failed it
             self.status[sid].failures.append(failure)
-            self.run.write_status(sid, self.status[sid])
+            self._save_status(sid, self.status[sid])
             return
         verdict = judge_failure(self.status[sid], failure, self.opts.shot_max_failures,
                                 retryable=exc_type not in NOT_RETRIED)
         if verdict.retry:
             self.queue.push(job.task)  # resumes from the segment's last committed clip
-            self.run.write_status(sid, self.status[sid])
+            self._save_status(sid, self.status[sid])
         else:
             self._fail(sid, verdict.reason, "render", exc_type)
 
@@ -431,19 +460,22 @@ class RunEngine:
             record = ray.get(ref)
         except Exception as exc:
             message = f"stitch/publish failed: {_describe(exc)}"
-            log.warning("shot %s: %s", sid, message)
-            failure = Failure(st.attempts, ERROR, failure_signature(ERROR, type(_cause(exc)).__name__, message),
+            # A worker or node that died under the task (OOM killer, node loss) is the cluster's
+            # trouble, not the shot's: its constant message must not read as "the same error twice".
+            kind = INFRA if _ray_process_died(exc) else ERROR
+            log.warning("shot %s: %s (%s)", sid, message, kind)
+            failure = Failure(st.attempts, kind, failure_signature(kind, type(_cause(exc)).__name__, message),
                               message, time.time())
             verdict = judge_failure(st, failure, self.opts.shot_max_failures)
             if verdict.retry:
                 st.attempts += 1  # the stitch retry is an attempt: `attempts` never trails "N failed attempts"
-                self.run.write_status(sid, st)
+                self._save_status(sid, st)
                 self._start_stitch(sid)
             else:
                 self._fail(sid, verdict.reason, "stitch", type(_cause(exc)).__name__)
             return
         st.state, st.finished_at, st.error = "done", record["published_at"], None
-        self.run.write_status(sid, st)
+        self._save_status(sid, st)
         if st.started_at is not None:
             self.metrics.shot_published(st.finished_at - st.started_at)
         log.info("shot %s published: %s (%d frames, sha256 %s)", sid, record["output"], record["frames"],
@@ -455,13 +487,25 @@ class RunEngine:
         except ray.exceptions.RayActorError as exc:
             self._prep_actor_died(chunk, exc)
             return
-        except Exception as exc:
+        except Exception as exc:  # the call itself raised (e.g. umT5 on a card a render group fills)
             outcome = {sid: _describe(exc) for sid in chunk}
+        again = []
         for sid, error in outcome.items():
             if error is None:
                 self.prepared.add(sid)
+            elif self._terminal(sid):
+                continue
+            elif self.prep_tries[sid] < self.opts.prep_retries:  # may pass: memory, a file system hiccup
+                self.prep_tries[sid] += 1
+                log.warning("shot %s: preparation failed (%s); trying again (%d/%d)", sid, error,
+                            self.prep_tries[sid], self.opts.prep_retries)
+                again.append(sid)
             else:  # "ExceptionType: message" (cluster.prep)
-                self._fail(sid, f"preparation failed: {error}", "preparation", error.split(":", 1)[0].strip() or None)
+                tries = self.prep_tries[sid] + 1
+                self._fail(sid, f"preparation failed{f' {tries} times' if tries > 1 else ''}: {error}", "preparation",
+                           error.split(":", 1)[0].strip() or None)
+        if again:
+            self._submit_prep([again])
         if not any(k == "prep" for k, _ in self.inflight.values()) and self.prep_actor is not None:
             with contextlib.suppress(Exception):
                 ray.kill(self.prep_actor)  # frees the text encoder's and wav2vec's memory
@@ -507,8 +551,17 @@ class RunEngine:
         st.state, st.error, st.finished_at = "failed", reason, time.time()
         st.failure_stage, st.failure_type = stage, failure_type
         self.queue.drop_shot(sid)
-        self.run.write_status(sid, st)
+        self._save_status(sid, st)
         log.error("shot %s failed: %s", sid, reason)
+
+    def _leave_pending(self, sid: str, reason: str) -> None:
+        """The run ends without rendering ``sid`` for a reason that is not the shot's: it stays
+        pending (``reason`` shown by ``s2v status`` and in results.parquet) for the next run."""
+        st = self.status.setdefault(sid, ShotStatus())
+        st.state, st.pending_reason = "pending", reason
+        self.queue.drop_shot(sid)
+        self._save_status(sid, st)
+        log.error("shot %s left pending: %s; a rerun renders it", sid, reason)
 
     def _attempt_note(self, sid: str, attempt: int, text: str) -> None:
         path = self.run.attempt_log(sid, attempt)
@@ -516,17 +569,27 @@ class RunEngine:
         with open(path, "a") as fh:
             fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} driver: {text}\n")
 
-    def _publish_state(self, force: bool = False) -> None:
+    def _publish_state(self, force: bool = False, ended: bool = False) -> None:
+        """Metrics, results.parquet and index.html (at most every results_interval_s unless
+        ``force``). ``ended``: nothing of this run renders any more, so a shot still marked running
+        was interrupted, and the results file says so."""
         counts = {state: 0 for state in ("pending", "running", "done", "failed")}
         for st in self.status.values():
             counts[st.state if st.state in counts else "pending"] += 1
         self.metrics.set_shots(counts)
         self.metrics.set_queue(len(self.queue), sum(1 for s in self.slots if s.group is not None))
         now = time.time()
-        if force or now - self._results_at >= self.opts.results_interval_s:
-            write_run_results(self.run, [self.shots[s] for s in self.order])
-            refresh_report(self.run)  # RUN_DIR/index.html, from the results just written
+        if (force or now - self._results_at >= self.opts.results_interval_s) and not self._lease_lost():
             self._results_at = now
+            try:
+                write_run_results(self.run, [self.shots[s] for s in self.order], rendering=not ended)
+            except ResultsError as exc:
+                if force:  # the run's last write: the driver says so (the ledger keeps every state)
+                    raise
+                # A file that cannot be written is no reason to stop the groups rendering.
+                log.error("%s not written (tried again at the end of the run): %s", self.run.results_file, exc)
+            else:
+                refresh_report(self.run)  # RUN_DIR/index.html, from the results just written
         self._show_progress(force)
 
     def _show_progress(self, force: bool = False) -> None:
@@ -568,6 +631,15 @@ def _unwritable_output(shot: Shot) -> str | None:
             exc.filename = str(out_dir)
         return f"output directory not writable: {describe_os_error(exc)}"
     return None
+
+
+# What Ray raises when the process running a task or actor is gone (killed, crashed, its node lost).
+_RAY_DEATHS = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+               ray.exceptions.LocalRayletDiedError, ray.exceptions.OutOfMemoryError, ray.exceptions.ObjectLostError)
+
+
+def _ray_process_died(exc: BaseException) -> bool:
+    return isinstance(exc, _RAY_DEATHS) or isinstance(_cause(exc), _RAY_DEATHS)
 
 
 def _cause(exc: BaseException) -> BaseException:

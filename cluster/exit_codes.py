@@ -8,7 +8,9 @@ EXIT_INVALID = 2  # invalid manifest or command-line usage (message says which r
 EXIT_UNREADABLE = 3  # the manifest file cannot be read at all
 EXIT_LEASE_HELD = 4  # another run holds the run directory's lease; nothing was rendered
 EXIT_FINGERPRINT_CHANGED = 5  # only with RunRequest.refuse_changed (s2v demo): a published shot changed
-EXIT_FAILED_SHOTS = 6  # the run finished but some shots failed or manifest rows were invalid (results.parquet)
+# the run finished but some shots failed, manifest rows were invalid, or shots were left pending for
+# want of a render group (cluster busy...: a rerun renders them) (results.parquet, s2v status)
+EXIT_FAILED_SHOTS = 6
 EXIT_ENVIRONMENT = 7  # the run directory's location is full, read-only or forbidden (one line names the path)
 EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM; committed work is kept, a rerun resumes
 
@@ -19,7 +21,7 @@ DESCRIPTIONS: dict[int, str] = {
     EXIT_UNREADABLE: "manifest unreadable",
     EXIT_LEASE_HELD: "another run holds the lease",
     EXIT_FINGERPRINT_CHANGED: "a published shot changed and changes were refused (use --restart)",
-    EXIT_FAILED_SHOTS: "finished with failed shots",
+    EXIT_FAILED_SHOTS: "finished with failed or unrendered shots",
     EXIT_ENVIRONMENT: "output location full, read-only or forbidden",
     EXIT_INTERRUPTED: "interrupted; rerun to resume",
 }

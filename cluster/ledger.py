@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from manifests import Shot, write_manifest
+from manifests.results import FAILURE_STAGES
 from render.media.atomic import atomic_write_json, read_json
 
 RUN_FILE = "run.json"
@@ -73,19 +74,33 @@ class ShotStatus:
     started_at: float | None = None
     finished_at: float | None = None
     gpu_seconds: float = 0.0  # rank-seconds spent in segment attempts (successful or not)
-    failure_stage: str | None = None  # set when failed: planning | preparation | render | stitch
+    failure_stage: str | None = None  # set when failed: one of manifests.results.FAILURE_STAGES
     failure_type: str | None = None  # set when failed: exception class (or reason) of the failure
     device: str | None = None  # "gpu" or "cpu": what the ranks of its last attempt ran on
+    # Why the last run left this shot pending without a fair try (no render group could be
+    # started: cluster busy, placement timeouts, every node excluded). Not a failure: the next run
+    # renders it. Cleared when it is dispatched again.
+    pending_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def check(self, shot_id: str) -> None:
+        """Refuse a status that results.parquet could not record. Checked where a status is
+        written, so a bad value fails the one call that made it (naming the shot) instead of
+        every later write of the results file, at the end of a run and on every rerun."""
+        if self.state not in SHOT_STATES:
+            raise ValueError(f"shot {shot_id}: state {self.state!r} is not one of {', '.join(SHOT_STATES)}")
+        if self.failure_stage is not None and self.failure_stage not in FAILURE_STAGES:
+            raise ValueError(f"shot {shot_id}: failure stage {self.failure_stage!r} is not one of "
+                             f"{', '.join(FAILURE_STAGES)} (manifests.results.FAILURE_STAGES)")
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> ShotStatus:
         failures = [Failure(**f) for f in d.get("failures", [])]
         return ShotStatus(d.get("state", "pending"), int(d.get("attempts", 0)), failures, d.get("error"),
                           d.get("started_at"), d.get("finished_at"), float(d.get("gpu_seconds", 0.0)),
-                          d.get("failure_stage"), d.get("failure_type"), d.get("device"))
+                          d.get("failure_stage"), d.get("failure_type"), d.get("device"), d.get("pending_reason"))
 
 
 def prompt_key(text: str) -> str:
@@ -198,6 +213,7 @@ class RunDir:
         return ShotStatus.from_dict(raw) if isinstance(raw, dict) else ShotStatus()
 
     def write_status(self, shot_id: str, status: ShotStatus) -> None:
+        status.check(shot_id)
         atomic_write_json(self.status_file(shot_id), status.to_dict())
 
     def read_key(self, shot_id: str) -> dict[str, Any] | None:
@@ -228,6 +244,13 @@ class RunDir:
         if status.state == "done":
             status.state, status.finished_at = "pending", None
             self.write_status(shot_id, status)
+
+    def retry(self, shot_id: str) -> None:
+        """Give a failed shot new attempts (its row was edited): pending again, its failures
+        forgotten; its plan and committed segments stay, attempt numbers go on."""
+        status = self.read_status(shot_id)
+        if status.state == "failed":
+            self.write_status(shot_id, ShotStatus(attempts=status.attempts))
 
     def read_plan(self, shot_id: str) -> dict[str, Any] | None:
         return read_json(self.plan_file(shot_id))

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 REPORT_FILE = "index.html"
 THUMB_DIR = "report"
 THUMB_SIDE = 240  # longest side of a contact-sheet thumbnail, pixels
-STATES = ("done", "failed", "running", "pending")
+STATES = ("done", "failed", "running", "interrupted", "pending")
 # Reloads the page while shots are still to be done (a meta refresh works from file://).
 REFRESH_S = 30
 

@@ -43,16 +43,22 @@ def shot_state(run: RunDir, shot_id: str) -> str:
     return state if state in ("failed", "running") else "pending"
 
 
-def result_row(run: RunDir, shot: Shot, run_id: str | None = None) -> ResultRow:
+def result_row(run: RunDir, shot: Shot, run_id: str | None = None, rendering: bool = True) -> ResultRow:
+    """``rendering``: a run is rendering now; when not, a shot the ledger lists as running was
+    interrupted (``s2v status``'s word; a rerun resumes it)."""
     status = run.read_status(shot.shot_id)
     plan = run.read_plan(shot.shot_id)
     published = run.read_published(shot.shot_id) if run.is_published(shot.shot_id) else None
     state = "done" if published else (status.state if status.state in ("failed", "running") else "pending")
+    if state == "running" and not rendering:
+        state = "interrupted"
     log = run.latest_attempt_log(shot.shot_id)
     failed = state == "failed"
     row = ResultRow(
         shot_id=shot.shot_id, status=state, attempts=status.attempts,
-        error=status.error if failed else None, output=None if failed else str(shot.output),
+        # a pending shot's error: why the last run left it unrendered (not a failure; a rerun renders it)
+        error=status.error if failed else status.pending_reason if state == "pending" else None,
+        output=None if failed else str(shot.output),
         resolved_seed=shot.seed, started_at=_utc(status.started_at),
         # rank-seconds of segment attempts, only when the ranks held GPUs (null on CPU runs)
         gpu_seconds=round(status.gpu_seconds, 3) if status.device == "gpu" else None,
@@ -191,9 +197,11 @@ def _passthrough_for(run: RunDir, rows: Sequence[ResultRow]) -> pa.Table | None:
     return table.drop_columns(["manifest_row"]).take(indices)
 
 
-def write_run_results(run: RunDir, shots: Sequence[Shot]) -> None:
+def write_run_results(run: RunDir, shots: Sequence[Shot], rendering: bool = False) -> None:
+    """Rewrite results.parquet from the ledger; ``rendering``: written by a run that is rendering
+    now (see ``result_row``)."""
     run_id = (run.read_run() or {}).get("run_id")
-    rows = [result_row(run, s, run_id) for s in shots]
+    rows = [result_row(run, s, run_id, rendering) for s in shots]
     rows += [invalid_result_row(r, run_id) for r in load_invalid_rows(run)]
     rows.sort(key=lambda r: (r.manifest_row is None, r.manifest_row or 0))
     write_results(rows, run.results_file, extra=_passthrough_for(run, rows))

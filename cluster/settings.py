@@ -111,6 +111,9 @@ class EngineOptions:
     shot_max_failures: int = 3  # failed attempts of one shot of any kind (besides "same error twice")
     prep_chunk: int = 8  # shots per audio/prompt preparation call
     prep_max_restarts: int = 3  # restarts of a dead preparation actor before its unfinished shots fail
+    # A shot whose preparation raised (the chunk's call, or its own features) is prepared again this
+    # many times before it fails: umT5 on a GPU beside a render group may find the card full for a while.
+    prep_retries: int = 2
     cpu_threads_per_rank: int = 1  # torch threads of a rank on CPU
     prep_threads: int = 4  # torch threads of the preparation actor (umT5 and wav2vec run on CPU)
     # Where the preparation actor runs umT5: "cpu" (default; ~1 min for 4 prompts in float32 on 16
@@ -140,6 +143,8 @@ class EngineOptions:
                             "several (use one or the other)")
         if self.prep_max_restarts < 0:
             problems.append(f"prep_max_restarts {self.prep_max_restarts}: expected >= 0")
+        if self.prep_retries < 0:
+            problems.append(f"prep_retries {self.prep_retries}: expected >= 0")
         dev = self.prep_text_encoder_device
         if not (dev in ("cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             problems.append(f"text encoder device {dev!r}: expected 'cpu', 'cuda' or 'cuda:N'")

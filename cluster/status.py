@@ -99,7 +99,8 @@ def collect(run_dir: str | Path) -> RunReport:
         total = len(plan["segments"]) if plan else None
         committed = run.committed_segments(sid)
         done = len(committed)
-        error = status.error if state == "failed" else (status.failures[-1].message if status.failures else "")
+        error = (status.error if state == "failed" else status.pending_reason if state == "pending" and
+                 status.pending_reason else status.failures[-1].message if status.failures else "")
         line = ShotLine(sid, state, f"{done}/{total if total is not None else '?'}", status.attempts,
                         row["output"], (error or "").replace("\n", " "))
         clips = segment_clips(plan) if plan else {}

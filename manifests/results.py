@@ -29,9 +29,11 @@ import pyarrow.parquet as pq
 
 from manifests.atomic import atomic_write_table
 
-STATUSES: tuple[str, ...] = ("pending", "running", "done", "failed", "skipped")
-#: where a failed shot failed (``failure_stage``).
-FAILURE_STAGES: tuple[str, ...] = ("validation", "planning", "preparation", "render", "stitch")
+#: ``interrupted``: was rendering when its run stopped (signal, crash, lost lease); a rerun resumes it.
+STATUSES: tuple[str, ...] = ("pending", "running", "done", "failed", "skipped", "interrupted")
+#: where a failed shot failed (``failure_stage``); ``output``: its output folder could not be
+#: created or written, checked before anything of the shot renders.
+FAILURE_STAGES: tuple[str, ...] = ("validation", "output", "planning", "preparation", "render", "stitch")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _UTC_TS = pa.timestamp("us", tz="UTC")
 VALIDATION_ERROR_TYPE = pa.struct(
@@ -132,7 +134,8 @@ def _normalise(index: int, row: ResultRow | Mapping[str, Any]) -> dict[str, Any]
 
     def bad(column: str, expected: str) -> ResultsError:
         return ResultsError(
-            f"results row {index}, column {column!r}: got {values.get(column)!r}; expected {expected}"
+            f"results row {index} (shot_id {values.get('shot_id')!r}), column {column!r}: "
+            f"got {values.get(column)!r}; expected {expected}"
         )
 
     unknown = sorted(set(values) - set(_FIELD_NAMES))

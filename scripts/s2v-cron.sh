@@ -11,7 +11,7 @@
 #
 # Environment: S2V_BIN (the s2v command; default: .venv/bin/s2v of this checkout).
 # Exit codes (docs/cluster.md): 0 all done, 2 invalid manifest/usage, 3 unreadable manifest,
-# 4 another run holds the lease, 6 finished with failed shots, 130 interrupted. cron mails what a job prints, so this script
+# 4 another run holds the lease, 6 finished with failed or unrendered shots, 130 interrupted. cron mails what a job prints, so this script
 # prints only for the codes that need a person (not 0, not 4).
 set -u
 
@@ -38,7 +38,7 @@ case "$code" in
     2) what="invalid manifest or usage" ;;
     3) what="manifest unreadable" ;;
     4) what="another run holds the lease; nothing rendered" ;;
-    6) what="finished with failed shots (s2v status --run-dir $run_dir)" ;;
+    6) what="finished with failed or unrendered shots (s2v status --run-dir $run_dir)" ;;
     130) what="interrupted; the next start resumes" ;;
     *) what="internal error" ;;
 esac

@@ -218,3 +218,5 @@ def test_sigterm_stops_gracefully_and_the_results_file_shows_the_published_shots
     results = {r.shot_id: r.status for r in read_results(run_dir / "results.parquet")}
     assert published and len(published) < len(rows), "the run finished before the stop; nothing to test"
     assert {sid for sid, status in results.items() if status == "done"} == published
+    # nothing runs any more: the shots that were in flight say so, as `s2v status` does
+    assert "running" not in results.values(), results

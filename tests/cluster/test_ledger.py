@@ -218,6 +218,35 @@ def test_prepare_follows_the_manifest_shot_by_shot(tmp_path, tiny_ckpt, small_ma
     assert code is None and run_id6 != run_id
 
 
+def test_an_edited_row_of_a_failed_shot_gives_it_new_attempts(tmp_path, tiny_ckpt, small_manifest):
+    from cluster.driver import _finished_already
+
+    manifest, rows = small_manifest
+    req = request(manifest, tmp_path / "run", tiny_ckpt)
+    run_dir = RunDir(req.run_dir)
+    _prepare_run_dir(run_dir, load_shots(req), req)
+    for sid in ("shot00", "shot01"):
+        run_dir.write_status(sid, ShotStatus(state="failed", attempts=2, error="output directory not writable: x",
+                                             failure_stage="output", failure_type="OSError"))
+    # the user moves shot00's output to a folder that can be written; shot01's row stays as it was
+    m2 = write_rows([{**rows[0], "output": str(tmp_path / "out2" / "shot00.mp4")}, rows[1]], tmp_path / "m2.parquet")
+    req2 = request(m2, req.run_dir, tiny_ckpt)
+    shots = load_shots(req2)
+    _, code, notes = _prepare_run_dir(run_dir, shots, req2)
+    assert code is None and notes == ["shot shot00: encode settings (crf, output path) changed: it had failed "
+                                      "(output directory not writable: x); it is tried again"]
+    st = run_dir.read_status("shot00")
+    assert (st.state, st.attempts, st.error, st.failure_stage) == ("pending", 2, None, None)
+    assert run_dir.read_status("shot01").state == "failed"
+    assert _finished_already(req2, run_dir, shots) is None  # the run renders it
+
+    # a run-wide encode change (--crf) is an edit of every row: every failed shot is tried again
+    req3 = request(m2, req.run_dir, tiny_ckpt, settings={"crf": 20})
+    _, code, notes = _prepare_run_dir(run_dir, load_shots(req3), req3)
+    assert code is None and [n.split(":")[0] for n in notes] == ["shot shot01"]
+    assert run_dir.read_status("shot01").state == "pending"
+
+
 def test_invalid_and_unreadable_manifests_exit_2_and_3_with_row_and_column(tmp_path, tiny_ckpt, small_manifest,
                                                                            capsys):
     _, rows = small_manifest

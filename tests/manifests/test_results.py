@@ -139,4 +139,17 @@ def test_read_errors_name_the_file(tmp_path: Path):
 
 
 def test_statuses():
-    assert STATUSES == ("pending", "running", "done", "failed", "skipped")
+    assert STATUSES == ("pending", "running", "done", "failed", "skipped", "interrupted")
+
+
+def test_a_shot_whose_output_folder_is_unwritable_is_recorded_with_stage_output(tmp_path: Path):
+    row = ResultRow("a", status="failed", error="output directory not writable: /ro: Read-only file system (EROFS)",
+                    failure_stage="output", failure_type="OSError")
+    assert read_results(write_results([row], tmp_path / "r.parquet")) == [row]
+
+
+def test_a_refused_value_names_the_shot_and_the_column(tmp_path: Path):
+    rows = [ResultRow("fine"), ResultRow("shot7", status="failed", failure_stage="somewhere")]
+    with pytest.raises(ResultsError, match=r"row 1 \(shot_id 'shot7'\), column 'failure_stage'.*one of validation"):
+        write_results(rows, tmp_path / "r.parquet")
+    assert list(tmp_path.iterdir()) == []
