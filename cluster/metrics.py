@@ -78,12 +78,28 @@ class RunMetrics:
         self.shot_wall_seconds.observe(max(0.0, wall_seconds), tags=self.tags)
 
 
-class RankMetrics:
-    """Metrics set inside a rank actor (rank 0 of each group reports)."""
+#: How often a rank records its gauges again between clips. Ray exports gauges through
+#: OpenTelemetry, which reports a gauge only if it was recorded since the last export: measured on
+#: an H100 run, s2v_seconds_per_step vanished from the metrics endpoint ~25 s after a clip ended
+#: (a 720p clip at 40 steps takes ~17 minutes, so the dashboard would show nothing most of the time).
+GAUGE_REFRESH_S = 5.0
 
-    def __init__(self, run_id: str, group: str):
+
+class RankMetrics:
+    """Metrics set inside a rank actor (rank 0 of each group reports). The last clip's gauges are
+    recorded again every ``refresh_s`` by a daemon thread, so they stay on the dashboard while the
+    next clip samples."""
+
+    def __init__(self, run_id: str, group: str, refresh_s: float = GAUGE_REFRESH_S):
+        import threading
+
         from ray.util.metrics import Counter, Gauge
 
+        self.refresh_s = refresh_s
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self.tags = {"run": run_id, "group": group}
         self.clips_done = Counter("s2v_clips_done", description="Clips committed", tag_keys=("run", "group"))
         self.seconds_per_step = Gauge("s2v_seconds_per_step", description="Seconds per sampling step (last clip)",
@@ -94,7 +110,31 @@ class RankMetrics:
 
     def clip_done(self, steps: int, clip_seconds: float, step_seconds: float, frames: int) -> None:
         self.clips_done.inc(1, tags=self.tags)
-        if steps:
-            self.seconds_per_step.set(step_seconds / steps, tags=self.tags)
-        if clip_seconds > 0:
-            self.frames_per_second.set(frames / clip_seconds, tags=self.tags)
+        with self._lock:
+            if steps:
+                self._last["seconds_per_step"] = step_seconds / steps
+            if clip_seconds > 0:
+                self._last["frames_per_second"] = frames / clip_seconds
+        self.refresh()
+        if self._thread is None and self.refresh_s > 0:
+            import threading
+
+            self._thread = threading.Thread(target=self._keep_alive, name="s2v-rank-gauges", daemon=True)
+            self._thread.start()
+
+    def refresh(self) -> None:
+        """Record the last clip's gauges again (the same values)."""
+        with self._lock:
+            last = dict(self._last)
+        for name, value in last.items():
+            getattr(self, name).set(value, tags=self.tags)
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _keep_alive(self) -> None:
+        while not self._stop.wait(self.refresh_s):
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - metrics must never take a rank down
+                log.debug("rank gauge refresh failed", exc_info=True)
