@@ -230,8 +230,8 @@ def _prepare_run_dir(run: RunDir, shots: list[Shot], req: RunRequest,
                          if action in (RERENDER, RESTITCH) and sid not in req.rerender and run.is_published(sid))
         if changed:
             _say(f"run directory {run.path}: published shots changed since they were rendered (manifest row, "
-                 f"inputs, settings, model or code): {', '.join(changed)}. Use --restart to start over, or a new "
-                 "--run-dir.")
+                 f"inputs, settings, model or code): {', '.join(changed)}. Use --restart to start over, or another "
+                 "--out-dir.")  # refuse_changed is s2v demo's, whose run directory is OUT_DIR/run
             return "", ec.EXIT_FINGERPRINT_CHANGED, []
     now = time.time()
     notes: list[str] = []

@@ -123,7 +123,7 @@ def register(subparsers: Any) -> None:
                     "inputs or settings changed, stitches again those whose crf/output changed, leaves the rest "
                     "alone and reports removed rows. Exit codes: 0 all done, 2 invalid manifest/usage, 3 "
                     "unreadable manifest, 4 another run holds the lease, 6 finished with failed shots (invalid rows "
-                    "included), "
+                    "included) or shots the cluster could not render (pending: a rerun renders them), "
                     "130 interrupted.")
     p.add_argument("manifest", help="Parquet shot manifest (see s2v validate)")
     p.add_argument("--run-dir", required=True, help="run directory (ledger, logs, results.parquet)")
