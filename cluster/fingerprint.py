@@ -36,6 +36,7 @@ from typing import Any
 from cluster.settings import RunSettings
 from manifests import Shot
 from render.media.atomic import atomic_write_json, file_sha256, read_json
+from render.model.checkpoint import checkpoint_digest
 
 #: packages whose source changes what is rendered (cluster/ only schedules, so it is left out)
 FRAME_PACKAGES = ("render", "parallel", "kernels", "manifests")
@@ -65,15 +66,7 @@ def json_digest(obj: object) -> str:
 
 
 def model_digest(ckpt_dir: str | Path) -> str:
-    root = Path(ckpt_dir)
-    listing = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            p = Path(dirpath) / name
-            st = p.stat()
-            listing.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
-    return json_digest(listing)
+    return checkpoint_digest(ckpt_dir)
 
 
 def code_digest() -> str:

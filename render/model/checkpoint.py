@@ -23,6 +23,24 @@ class CheckpointError(ValueError):
     """A checkpoint folder or file is missing, incomplete or inconsistent (message says which)."""
 
 
+def checkpoint_digest(ckpt_dir: str | Path) -> str:
+    """sha256 of the folder's listing: every file's relative path, size and mtime. Hashing 60 GB of
+    weights on every start would take minutes; a re-download or an edit changes size or mtime."""
+    import hashlib
+    import os
+
+    root = Path(ckpt_dir)
+    listing = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            st = p.stat()
+            listing.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+    # the canonical JSON that run directories' shot keys were made with (cluster.fingerprint)
+    return hashlib.sha256(json.dumps(listing, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def check_checkpoint_folder(ckpt_dir: str | Path) -> Path:
     """Fail early, listing every missing part of the folder at once (the files ``S2VModels`` loads;
     here, without torch, so ``s2v run`` can check before it starts Ray)."""

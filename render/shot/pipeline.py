@@ -89,6 +89,11 @@ def render_shot(models, audio_path: str | Path, image_path: str | Path, prompt: 
         work.mkdir(parents=True, exist_ok=True)
         _write_plan(work, plan)
     paths, cond, published = [], None, None
+    inputs_key = None
+    if writer and not direct:  # names the segments' work: a resume on other threads or cuDNN algorithms continues
+        from render.shot.segment import shot_sources_key
+
+        inputs_key = shot_sources_key(models, audio_path, image_path, pose_video, prompt)
     for spec in plan.segments:
         if writer:  # stage 2
             cond = condition_segment(models, plan, spec.index, audio_path, image_path, prompt, settings, pose_video)
@@ -103,7 +108,7 @@ def render_shot(models, audio_path: str | Path, image_path: str | Path, prompt: 
             from render.shot.segment import render_segment
 
             paths.append(render_segment(renderer, cond, plan, spec.index, settings, work,
-                                        on_clip=lambda i, c, n: bar.update(1)))
+                                        on_clip=lambda i, c, n: bar.update(1), inputs_key=inputs_key))
             bar.n = sum(s.num_clips for s in plan.segments[: spec.index + 1])
             bar.refresh()
     bar.close()

@@ -107,6 +107,25 @@ def segment_fingerprint(plan: ShotPlan, index: int, settings: RenderSettings, sh
     return h.hexdigest()
 
 
+def shot_sources_key(models, audio_path: str | Path, image_path: str | Path, pose_video: str | Path | None,
+                     prompt: str) -> str | None:
+    """The ``inputs_key`` of a shot rendered in one process (``s2v render-shot``): the bytes of its
+    input files, the prompt, the checkpoint folder's listing and the numeric options of ``models``
+    (the rest of the settings are in the fingerprint). None for models without a checkpoint folder
+    (the segment then hashes its conditioning tensors)."""
+    from render.media.atomic import file_sha256
+    from render.model.checkpoint import checkpoint_digest
+
+    ckpt = getattr(models, "ckpt", None)
+    if ckpt is None:
+        return None
+    files = [None if p is None else file_sha256(p) for p in (audio_path, image_path, pose_video)]
+    numerics = [str(getattr(models, k, None)) for k in ("dtype", "vae_dtype", "fp8", "fp8_attention")]
+    numerics.append(str(getattr(getattr(models, "device", None), "type", None)))
+    text = json.dumps([files, prompt, checkpoint_digest(ckpt), numerics])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def read_record(seg_dir: str | Path) -> dict | None:
     """The committed record of a finished segment, or None if it is not finished."""
     p = Path(seg_dir) / RECORD_FILE

@@ -59,3 +59,39 @@ def test_keep_work_keeps_a_one_segment_shots_clips(pipe, demo_media, tmp_path):
                 segments=SegmentOptions(keep_work=True))
     assert (default_work_dir(out) / "plan.json").is_file()
     assert abs(probe_video(out).frames - 3.0 * 16) <= 1
+
+
+def test_a_resume_whose_reference_latent_rounds_differently_continues(pipe, demo_media, tmp_path, monkeypatch):
+    """The work is named by the shot's sources (files, prompt, checkpoint, numeric options), not by
+    the bits of the conditioning: a resume on another thread count or cuDNN algorithm continues."""
+    import render.shot.condition as condition
+
+    audio, image = demo_media
+    out, work = tmp_path / "shot.mp4", tmp_path / "work"
+    options = SegmentOptions(work_dir=work)
+    with pytest.raises(KeyboardInterrupt):
+        render_shot(pipe, audio, image, "a face talks", out, SETTINGS, on_step=StopAtClip(stop=1), progress=False,
+                    segments=options)
+    real = condition.reference_conditioning
+
+    def rounded(*args, **kwargs):
+        ref, ref_lat, pose = real(*args, **kwargs)
+        return ref, ref_lat + 1e-6, pose
+
+    monkeypatch.setattr(condition, "reference_conditioning", rounded)
+    again = StopAtClip()
+    render_shot(pipe, audio, image, "a face talks", out, SETTINGS, on_step=again, progress=False, segments=options)
+    assert again.clips == [1, 2]
+
+
+def test_the_sources_key_follows_the_inputs_and_the_prompt(pipe, demo_media, tmp_path):
+    from render.shot.segment import shot_sources_key
+
+    audio, image = demo_media
+    key = shot_sources_key(pipe, audio, image, None, "a face talks")
+    assert key == shot_sources_key(pipe, audio, image, None, "a face talks")
+    assert key != shot_sources_key(pipe, audio, image, None, "another prompt")
+    other = tmp_path / "other.png"
+    other.write_bytes(open(image, "rb").read() + b"\0")
+    assert key != shot_sources_key(pipe, audio, other, None, "a face talks")
+    assert shot_sources_key(object(), audio, image, None, "a face talks") is None  # no checkpoint folder
