@@ -122,7 +122,7 @@ def render_shot(models, audio_path: str | Path, image_path: str | Path, prompt: 
         if options.qa_report is not None:
             _write_qa_report(options.qa_report, out_path, plan, cond, settings)
         if not options.keep_work:
-            shutil.rmtree(work, ignore_errors=True)
+            _remove_work(work, [spec.index for spec in plan.segments])
     return ShotResult(out_path, published.frames, published.fps, published.duration_s, plan.height, plan.width,
                       plan.num_clips, settings.seed, time.time() - t0)
 
@@ -134,6 +134,20 @@ def _write_qa_report(path: Path, out_path: Path, plan: ShotPlan, cond, settings:
     rep = seam_report(decoded_frames(out_path), plan, ref, settings.drops_first_frames)
     rep["plan"] = plan.to_dict()
     Path(path).write_text(json.dumps(rep, indent=1))
+
+
+def _remove_work(work: Path, segments: list[int]) -> None:
+    """Delete what the render wrote in ``work`` (its plan and segment folders) and the folder once
+    empty; nothing else: ``--work-dir`` may name a folder that holds the output or other files."""
+    from render.shot.segment import segment_dir
+
+    (work / "plan.json").unlink(missing_ok=True)
+    for index in segments:
+        shutil.rmtree(segment_dir(work, index), ignore_errors=True)
+    try:
+        work.rmdir()
+    except OSError:  # other files in it: the user's, kept
+        pass
 
 
 def _write_plan(work: Path, plan: ShotPlan) -> None:

@@ -95,3 +95,17 @@ def test_the_sources_key_follows_the_inputs_and_the_prompt(pipe, demo_media, tmp
     other.write_bytes(open(image, "rb").read() + b"\0")
     assert key != shot_sources_key(pipe, audio, other, None, "a face talks")
     assert shot_sources_key(object(), audio, image, None, "a face talks") is None  # no checkpoint folder
+
+
+def test_a_work_dir_holding_the_output_and_other_files_keeps_them(pipe, demo_media, tmp_path):
+    """Only the render's own plan and segment folders are removed after publishing."""
+    audio, image = demo_media
+    folder = tmp_path / "renders"
+    folder.mkdir()
+    (folder / "earlier_shot.mp4").write_bytes(b"an earlier render")
+    out = folder / "shot.mp4"
+    render_shot(pipe, audio, image, "a face talks", out, SETTINGS, progress=False,
+                segments=SegmentOptions(work_dir=folder))
+    assert sorted(p.name for p in folder.iterdir()) == ["earlier_shot.mp4", "shot.mp4"]
+    assert (folder / "earlier_shot.mp4").read_bytes() == b"an earlier render"
+    assert abs(probe_video(out).frames - 3.0 * 16) <= 1
