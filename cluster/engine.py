@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 PrepActor = ray.remote(PrepWorker)
 stitch_remote = ray.remote(stitch_and_record).options(num_cpus=1, max_retries=0)
 _COLLECTIVE_HINTS = ("gloo", "nccl", "connection closed", "connection reset", "timed out", "timeout")
+# failure_type of the shots earlier versions failed when no render group could be started
+_NO_GROUP_FAILURE = "GroupStartError"
 
 
 @dataclass
@@ -123,18 +125,36 @@ class RunEngine:
         return self.status[shot_id].state in ("done", "failed")
 
     def _load(self) -> None:
+        self._load_states()
+        self._load_plans()
+
+    def _load_states(self) -> None:
+        """Each shot's state at this start, from its status.json: published -> done; failed stays
+        failed (unless --retry-failed); anything else, a shot an earlier run left running included,
+        is pending."""
         for sid in self.order:
             st = self.run.read_status(sid)
+            stored = st.state
             if self.run.is_published(sid):
                 st.state = "done"
-            elif st.state == "failed" and self.retry_failed:
+            elif st.state == "failed" and (self.retry_failed or st.failure_type == _NO_GROUP_FAILURE):
+                # Run directories of earlier versions failed shots no render group could take; they
+                # stay pending now (the cluster was busy or down, the shot had no fair try).
                 st = ShotStatus(attempts=st.attempts)
             elif st.state != "failed":
                 st.state = "pending"
             self.status[sid] = st
+            if st.state != stored:
+                # On disk too: `s2v status`, the report page and results.parquet read status.json, and
+                # a shot the last run left "running" would read so until it is dispatched again.
+                self._save_status(sid, st)
         skipped = sum(1 for s in self.status.values() if s.state == "done")
         if skipped:
             log.info("%d shots already published: skipped", skipped)
+
+    def _load_plans(self) -> None:
+        """Each shot still to render gets its plan (the stored one, else made now); a shot whose
+        output folder cannot be written or whose audio cannot be planned fails alone."""
         unwritable: dict[Path, str | None] = {}  # one probe per output directory, not per shot
         for sid in self.order:
             if self._terminal(sid):

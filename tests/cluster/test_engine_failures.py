@@ -147,3 +147,25 @@ def test_a_run_whose_lease_was_taken_over_leaves_the_run_directory_alone_on_its_
     eng._wind_down()
     assert [r.status for r in read_results(ledger.results_file)] == ["interrupted", "done"]
     assert ledger.read_status("shot01").state == "done" and (ledger.path / "index.html").is_file()
+
+
+def test_a_new_start_writes_the_states_it_changes_and_retries_shots_no_group_took(tmp_path):
+    """A shot the last run left running reads pending on disk at once (not until it is dispatched),
+    and a shot an earlier version failed only because no render group started is pending again."""
+    ids = ["left_running", "no_group", "own_failure", "fresh"]
+    eng = _engine(tmp_path, ids)
+    eng.retry_failed = False
+    eng.run.write_status("left_running", ShotStatus(state="running", attempts=2))
+    eng.run.write_status("no_group", ShotStatus(state="failed", attempts=0, error="no render group could be started: x",
+                                                failure_stage="render", failure_type="GroupStartError"))
+    eng.run.write_status("own_failure", ShotStatus(state="failed", attempts=2, error="boom", failure_stage="render",
+                                                   failure_type="RuntimeError"))
+    eng.status = {}
+    eng._load_states()
+    assert {s: eng.status[s].state for s in ids} == {
+        "left_running": "pending", "no_group": "pending", "own_failure": "failed", "fresh": "pending"}
+    on_disk = {s: eng.run.read_status(s) for s in ids}
+    assert on_disk["left_running"].state == "pending" and on_disk["left_running"].attempts == 2
+    assert on_disk["no_group"].state == "pending" and on_disk["no_group"].error is None
+    assert on_disk["own_failure"].state == "failed"
+    assert not eng.run.status_file("fresh").exists()  # nothing to change: nothing written
