@@ -24,6 +24,7 @@ s2v_shot_wall_seconds          histo.   wall seconds of each published shot, fro
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class RunMetrics:
                                            description="Wall seconds of a shot, first dispatch to publication",
                                            boundaries=list(SHOT_SECONDS_BUCKETS), tag_keys=("run",))
         self._last: dict[str, float] = {}
+        self._alive_until = 0.0
 
     def set_shots(self, counts: Mapping[str, int]) -> None:
         for state in SHOT_STATES:
@@ -115,7 +117,10 @@ class RankMetrics:
                 self._last["seconds_per_step"] = step_seconds / steps
             if clip_seconds > 0:
                 self._last["frames_per_second"] = frames / clip_seconds
-        self.refresh()
+            # A rank that stops committing clips (hung, idle between shots) must not look busy:
+            # its gauges are kept alive for twice its last clip (at least a minute), then dropped.
+            self._alive_until = time.monotonic() + max(60.0, 2.0 * clip_seconds)
+            self._record()
         if self._thread is None and self.refresh_s > 0:
             import threading
 
@@ -123,10 +128,13 @@ class RankMetrics:
             self._thread.start()
 
     def refresh(self) -> None:
-        """Record the last clip's gauges again (the same values)."""
-        with self._lock:
-            last = dict(self._last)
-        for name, value in last.items():
+        """Record the last clip's gauges again (the same values), while the rank is committing clips."""
+        with self._lock:  # under the lock: a clip finishing meanwhile cannot be overwritten by older values
+            if time.monotonic() <= self._alive_until:
+                self._record()
+
+    def _record(self) -> None:
+        for name, value in self._last.items():
             getattr(self, name).set(value, tags=self.tags)
 
     def close(self) -> None:

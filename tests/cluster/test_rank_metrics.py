@@ -57,3 +57,20 @@ def test_refresh_zero_records_once_per_clip(monkeypatch):
     m.clip_done(steps=2, clip_seconds=4.0, step_seconds=2.0, frames=8)
     time.sleep(0.1)
     assert m.seconds_per_step.sets == [(1.0, {"run": "run1", "group": "g0"})] and m._thread is None
+
+
+def test_a_rank_that_stops_committing_clips_stops_reporting_its_speed(monkeypatch):
+    from types import SimpleNamespace
+
+    import cluster.metrics as metrics
+
+    m = _metrics(monkeypatch, refresh_s=0)
+    now = [1000.0]
+    monkeypatch.setattr(metrics, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    m.clip_done(steps=4, clip_seconds=40.0, step_seconds=32.0, frames=80)  # alive for max(60, 80) s
+    now[0] += 79.0
+    m.refresh()
+    assert len(m.seconds_per_step.sets) == 2
+    now[0] += 2.0
+    m.refresh()
+    assert len(m.seconds_per_step.sets) == 2  # 81 s after a 40-s clip: no longer reported
