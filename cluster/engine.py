@@ -609,7 +609,7 @@ class RunEngine:
                 # A file that cannot be written is no reason to stop the groups rendering.
                 log.error("%s not written (tried again at the end of the run): %s", self.run.results_file, exc)
             else:
-                refresh_report(self.run)  # RUN_DIR/index.html, from the results just written
+                refresh_report(self.run, live=not ended)  # RUN_DIR/index.html, from the results just written
         self._show_progress(force)
 
     def _show_progress(self, force: bool = False) -> None:

@@ -210,13 +210,17 @@ def _qa_cell(run: RunDir, sid: str, published: dict[str, Any] | None) -> str:
     return cell + (" (" + ", ".join(links) + ")" if links else "")
 
 
-def render_report(run: RunDir, rows: list[dict[str, Any]], thumbs: dict[str, str], now: float) -> str:
+def render_report(run: RunDir, rows: list[dict[str, Any]], thumbs: dict[str, str], now: float,
+                  live: bool = True) -> str:
+    """The page. ``live``: a run is rendering into the directory; a page written when it ended (or
+    with no run live) neither reloads itself nor counts elapsed time, pending shots or not (shots the
+    cluster could not render stay pending for the next run)."""
     e = html.escape
     record = run.read_run() or {}
     run_id = record.get("run_id") or "?"
     started = (record.get("last_start") or {}).get("at") or record.get("created_at")
     counts = {state: sum(1 for r in rows if r["status"] == state) for state in STATES}
-    unfinished = counts["running"] + counts["pending"]
+    unfinished = (counts["running"] + counts["pending"]) > 0 and live
     finished = [r["finished_at"].timestamp() for r in rows if r.get("finished_at") is not None]
     end = now if unfinished or not finished else max(finished)
     summary = "".join(f'<span class="{s}" id="count-{s}">{counts[s]} {s}</span>' for s in STATES)
@@ -243,21 +247,26 @@ def render_report(run: RunDir, rows: list[dict[str, Any]], thumbs: dict[str, str
     )
 
 
-def write_report(run_dir: str | Path | RunDir, now: float | None = None) -> Path:
-    """(Re)write ``RUN_DIR/index.html`` from results.parquet and the ledger; returns its path."""
+def write_report(run_dir: str | Path | RunDir, now: float | None = None, live: bool | None = None) -> Path:
+    """(Re)write ``RUN_DIR/index.html`` from results.parquet and the ledger; returns its path.
+    ``live`` (default: whether the run's lease is live) as in ``render_report``."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    if live is None:
+        from cluster.lease import lease_is_live, read_lease
+
+        live = lease_is_live(read_lease(run.path))
     if not run.results_file.is_file():
         raise FileNotFoundError(f"{run.results_file}: no results yet; the run writes it as it goes")
     rows = pq.read_table(run.results_file).to_pylist()
     thumbs = _thumbnails(run, rows)
-    page = render_report(run, rows, thumbs, time.time() if now is None else now)
+    page = render_report(run, rows, thumbs, time.time() if now is None else now, live)
     return atomic_write_text(run.path / REPORT_FILE, page)
 
 
-def refresh_report(run: RunDir) -> None:
+def refresh_report(run: RunDir, live: bool = True) -> None:
     """``write_report`` for the driver's loop: a page that cannot be written is a warning, never
     a reason to stop rendering (results.parquet, the run's record, was written just before)."""
     try:
-        write_report(run)
+        write_report(run, live=live)
     except Exception as exc:
         log.warning("report: %s not rewritten: %s", run.path / REPORT_FILE, exc)

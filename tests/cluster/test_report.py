@@ -163,3 +163,18 @@ def test_the_page_in_a_headless_browser(run_dir, browser_page, tmp_path):
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 1000
     assert json.loads(json.dumps(page.evaluate("document.scripts.length"))) == 0
+
+
+def test_a_page_of_a_run_that_ended_with_pending_shots_settles(run_dir):
+    """Shots the cluster could not render stay pending after the run: the page of an ended run
+    neither reloads nor keeps counting elapsed time; while a run is live it reloads."""
+    from manifests.results import read_results, write_results
+
+    rows = read_results(run_dir.results_file)
+    rows[1].status, rows[1].error, rows[1].failure_stage, rows[1].finished_at = "pending", None, None, None
+    write_results(rows, run_dir.results_file)
+    ended = report.write_report(run_dir, now=10**10, live=False).read_text()
+    assert 'http-equiv="refresh"' not in ended and "elapsed</dt><dd>2m 05s" in ended
+    live = report.write_report(run_dir, now=10**10, live=True).read_text()
+    assert 'http-equiv="refresh"' in live
+    assert 'http-equiv="refresh"' not in report.write_report(run_dir).read_text()  # no lease: not live
