@@ -38,8 +38,11 @@ from manifests import Shot
 from render.media.atomic import atomic_write_json, file_sha256, read_json
 from render.model.checkpoint import checkpoint_digest
 
-#: packages whose source changes what is rendered (cluster/ only schedules, so it is left out)
+#: packages whose source changes what is rendered (cluster/ mostly schedules, so it is left out)
 FRAME_PACKAGES = ("render", "parallel", "kernels", "manifests")
+#: the modules of cluster/ that shape a shot's conditioning (prepared embeddings and features, the
+#: segment's conditioning): segment work is named by the shot's key, not by the conditioning's bits
+FRAME_MODULES = ("cluster.shot_work", "cluster.prep")
 CODE_VERSION_ENV = "S2V_CODE_VERSION"
 FRAME_PARTS = ("inputs", "render", "model", "code")
 PARTS = (*FRAME_PARTS, "encode")
@@ -91,6 +94,9 @@ def code_digest() -> str:
         for path in sorted(root.rglob("*.py")):
             h.update(path.relative_to(root.parent).as_posix().encode() + b"\0")
             h.update(path.read_bytes() + b"\0")
+    for module in FRAME_MODULES:
+        path = Path(importlib.import_module(module).__file__)
+        h.update(module.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
 

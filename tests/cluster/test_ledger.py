@@ -493,3 +493,31 @@ def test_a_stopped_run_ends_its_stitches_and_counts_the_publishes_that_landed(tm
     assert eng.status["s1"].state == "done" and eng.status["s1"].finished_at == 5.0
     assert run.read_status("s1").state == "done"
     assert eng.status["s2"].state == "running"
+
+
+def test_the_code_part_covers_the_cluster_modules_that_shape_the_conditioning(monkeypatch, tmp_path):
+    """Segment work is named by the shot key; the modules of cluster/ that make the prepared
+    embeddings, features and the segment's conditioning are part of it."""
+    import importlib
+    from pathlib import Path
+
+    import cluster.fingerprint as fingerprint
+
+    monkeypatch.delenv(fingerprint.CODE_VERSION_ENV, raising=False)
+    before = fingerprint.code_digest()
+    for module in ("cluster.shot_work", "cluster.prep"):
+        original = Path(importlib.import_module(module).__file__).read_bytes()
+        copy = tmp_path / f"{module}.py"
+        copy.write_bytes(original + b"\n# changed\n")
+        real_import = importlib.import_module
+
+        def fake_import(name, _module=module, _copy=copy, _real=real_import):
+            mod = _real(name)
+            if name == _module:
+                return type("M", (), {"__file__": str(_copy)})
+            return mod
+
+        monkeypatch.setattr(importlib, "import_module", fake_import)
+        assert fingerprint.code_digest() != before, module
+        monkeypatch.setattr(importlib, "import_module", real_import)
+    assert fingerprint.code_digest() == before
