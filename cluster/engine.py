@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 PrepActor = ray.remote(PrepWorker)
 stitch_remote = ray.remote(stitch_and_record).options(num_cpus=1, max_retries=0)
 _COLLECTIVE_HINTS = ("gloo", "nccl", "connection closed", "connection reset", "timed out", "timeout")
+# Seconds before a failed preparation is tried again, times the shot's failed tries so far.
+PREP_RETRY_PAUSE_S = 5.0
 # failure_type of the shots earlier versions failed when no render group could be started
 _NO_GROUP_FAILURE = "GroupStartError"
 
@@ -111,6 +113,7 @@ class RunEngine:
         self.prep_actor: Any = None
         self.prep_restarts = 0  # times a dead preparation actor was replaced (bounded by prep_max_restarts)
         self.prep_tries: Counter[str] = Counter()  # failed preparations per shot (bounded by prep_retries)
+        self.prep_retry_due: list[tuple[float, list[str]]] = []  # (when, chunk): retries after a pause
         self.metrics = RunMetrics(run_id)
         self.executor = ThreadPoolExecutor(max_workers=max(1, engine.groups), thread_name_prefix="s2v-form")
         self._results_at = 0.0
@@ -235,6 +238,7 @@ class RunEngine:
                     raise KeyboardInterrupt("stop requested")
                 self._maintain_groups()
                 self._dispatch()
+                self._submit_due_prep()
                 if not self._progress_possible():
                     break
                 self._wait_and_handle(0.5)
@@ -345,7 +349,7 @@ class RunEngine:
                 self.inflight[ref] = ("render", slot)
 
     def _progress_possible(self) -> bool:
-        if self.inflight or any(s.forming for s in self.slots):
+        if self.inflight or self.prep_retry_due or any(s.forming for s in self.slots):
             return True
         if self._remaining_render_work() and all(s.given_up for s in self.slots):
             # The cluster, not the shots: busy, placement timing out, every node excluded, a model
@@ -509,6 +513,9 @@ class RunEngine:
             return
         except Exception as exc:  # the call itself raised (e.g. umT5 on a card a render group fills)
             outcome = {sid: _describe(exc) for sid in chunk}
+            whole_call = True
+        else:
+            whole_call = False
         again = []
         for sid, error in outcome.items():
             if error is None:
@@ -525,11 +532,22 @@ class RunEngine:
                 self._fail(sid, f"preparation failed{f' {tries} times' if tries > 1 else ''}: {error}", "preparation",
                            error.split(":", 1)[0].strip() or None)
         if again:
-            self._submit_prep([again])
+            # After a pause (the card or file system may recover), and each shot alone when the
+            # whole call raised: one bad prompt must not spend its chunk-mates' tries. The actor is
+            # ended below when nothing else is in it, so a retry starts from a fresh one.
+            due = time.time() + PREP_RETRY_PAUSE_S * max(self.prep_tries[s] for s in again)
+            self.prep_retry_due.extend((due, c) for c in ([[s] for s in again] if whole_call else [again]))
         if not any(k == "prep" for k, _ in self.inflight.values()) and self.prep_actor is not None:
             with contextlib.suppress(Exception):
                 ray.kill(self.prep_actor)  # frees the text encoder's and wav2vec's memory
             self.prep_actor = None
+
+    def _submit_due_prep(self) -> None:
+        now = time.time()
+        due = [c for t, c in self.prep_retry_due if t <= now]
+        if due:
+            self.prep_retry_due = [(t, c) for t, c in self.prep_retry_due if t > now]
+            self._submit_prep(due)
 
     def _prep_actor_died(self, chunk: list[str], exc: BaseException) -> None:
         """The preparation actor died (kill -9, OOM, node loss): every chunk it still held is

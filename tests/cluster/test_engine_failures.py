@@ -21,8 +21,9 @@ def _engine(tmp_path, ids, **opts) -> RunEngine:
     eng.order = list(ids)
     eng.status = {s: ShotStatus() for s in ids}
     eng.queue, eng.prepared, eng.inflight, eng.stitching = SegmentQueue(), set(), {}, set()
-    eng.prep_actor, eng.prep_tries = None, Counter()
+    eng.prep_actor, eng.prep_tries, eng.prep_retry_due = None, Counter(), []
     return eng
+
 
 
 def _raise(exc):
@@ -37,12 +38,21 @@ def test_a_preparation_call_that_raised_is_tried_again_before_its_shots_fail(tmp
     sent = []
     eng._submit_prep = sent.append
     monkeypatch.setattr(engine_mod.ray, "get", _raise(RuntimeError("CUDA out of memory. Tried to allocate 1.00 GiB")))
-    for _ in range(2):  # the card is full for a while
+    for n in range(2):  # the card is full for a while
         eng._prep_returned(ids, "ref")
         assert all(eng.status[s].state == "pending" for s in ids)
-    assert sent == [[ids], [ids]]
+        eng._submit_due_prep()
+        assert len(sent) == n  # not at once: after a pause
+        assert eng._progress_possible()  # a paused retry keeps the run going
+        pause = [t for t, _ in eng.prep_retry_due]
+        assert pause and min(pause) > engine_mod.time.time() + 0.5 * engine_mod.PREP_RETRY_PAUSE_S * (n + 1)
+        with monkeypatch.context() as m:
+            m.setattr(engine_mod.time, "time", lambda: 10**12)
+            eng._submit_due_prep()
+        # the whole call raised: each shot alone, so one bad prompt cannot spend the others' tries
+        assert sent[-1] == [[s] for s in ids] and eng.prep_retry_due == []
     eng._prep_returned(ids, "ref")  # third time: the budget is spent
-    assert sent == [[ids], [ids]]
+    assert len(sent) == 2 and eng.prep_retry_due == []
     for s in ids:
         st = eng.status[s]
         assert (st.state, st.failure_stage, st.failure_type) == ("failed", "preparation", "RuntimeError")
