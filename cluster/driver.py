@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -304,12 +304,17 @@ def _attach_driver_log(run: RunDir) -> logging.Handler:
     return handler
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
+def _stop_on_signals(stop: threading.Event) -> Callable[[], None]:
+    """SIGTERM sets ``stop`` (a graceful stop); returns the function that puts the caller's
+    handler back (library callers and tests run several runs in one process)."""
     def handler(signum: int, _frame: object) -> None:
         stop.set()
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, handler)
+    # None: a handler installed from C; the default is the closest Python can put back
+    return lambda: signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def run(req: RunRequest) -> int:
@@ -412,7 +417,7 @@ def _run_engine(req: RunRequest, run_dir: RunDir, run_id: str, shots: list[Shot]
 
     log.info("ray: %s", info)
     stop = threading.Event()
-    _stop_on_signals(stop)
+    restore_signals = _stop_on_signals(stop)
     # The lease watchdog: a run that lost its lease (taken over as stale) must stop rendering.
     watchdog = threading.Thread(target=lambda: (lease.lost.wait(), stop.set()), daemon=True)
     watchdog.start()
@@ -443,5 +448,6 @@ def _run_engine(req: RunRequest, run_dir: RunDir, run_id: str, shots: list[Shot]
         return ec.EXIT_FAILED_SHOTS if counts["failed"] or pending or invalid else ec.EXIT_OK
     finally:
         display.close()
+        restore_signals()
         if started_here:
             ray.shutdown()

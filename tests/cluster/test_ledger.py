@@ -521,3 +521,25 @@ def test_the_code_part_covers_the_cluster_modules_that_shape_the_conditioning(mo
         assert fingerprint.code_digest() != before, module
         monkeypatch.setattr(importlib, "import_module", real_import)
     assert fingerprint.code_digest() == before
+
+
+def test_a_run_puts_the_callers_sigterm_handler_back():
+    import signal
+    import threading
+
+    from cluster.driver import _stop_on_signals
+
+    def mine(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        stop = threading.Event()
+        restore = _stop_on_signals(stop)
+        assert signal.getsignal(signal.SIGTERM) is not mine
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        assert stop.is_set()
+        restore()
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)
