@@ -250,7 +250,8 @@ class UMT5TextEncoder:
         ids, mask = self.tokenize(texts)
         lengths = mask.gt(0).sum(dim=1).tolist()
         full = self.encode_ids(ids, mask)
-        return [row[:n] for row, n in zip(full, lengths)]
+        # clone: a slice of the batch would keep (and torch.save would write) the whole [B, text_len, d]
+        return [row[:n].clone() for row, n in zip(full, lengths)]
 
 
 def load_text_encoder(

@@ -21,6 +21,10 @@ def test_cpu_encoder_stays_loaded_and_writes_embeddings(tmp_path, tiny_ckpt):
     for text in ("a woman talks", "a man sings"):
         emb = torch.load(worker.run.prompt_file(text), weights_only=True)
         assert emb.dtype == torch.float32 and emb.dim() == 2 and emb.shape[1] == 4096
+        # The file holds this prompt's rows only, not the batch it was embedded with (at the 14B's
+        # text_len 512 a batch row is 8 MiB: a chunk of 16 texts made every file ~128 MiB).
+        assert emb.untyped_storage().nbytes() == emb.numel() * emb.element_size()
+        assert worker.run.prompt_file(text).stat().st_size < emb.numel() * emb.element_size() + 4096
 
 
 def test_gpu_encoder_is_loaded_on_that_device_and_released_after_the_chunk(tmp_path, tiny_ckpt, monkeypatch):
