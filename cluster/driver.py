@@ -399,7 +399,7 @@ def _finished_already(req: RunRequest, run_dir: RunDir, shots: list[Shot], inval
 
 def _run_engine(req: RunRequest, run_dir: RunDir, run_id: str, shots: list[Shot], lease: Lease,
                 invalid: int = 0) -> int:
-    from cluster.ray_runtime import RaySecurityError, connect
+    from cluster.ray_runtime import RaySecurityError, RayUnreachable, connect
 
     # connect() first: it must set Ray's loopback switch before anything imports ray.
     started_here = "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
@@ -409,6 +409,9 @@ def _run_engine(req: RunRequest, run_dir: RunDir, run_id: str, shots: list[Shot]
     except RaySecurityError as exc:
         _say(str(exc))
         return ec.EXIT_INVALID
+    except RayUnreachable as exc:
+        _say(f"{exc}; nothing was rendered, a later start resumes")
+        return ec.EXIT_ENVIRONMENT
     import ray
 
     from cluster.engine import RunEngine

@@ -11,7 +11,9 @@ EXIT_FINGERPRINT_CHANGED = 5  # only with RunRequest.refuse_changed (s2v demo): 
 # the run finished but some shots failed, manifest rows were invalid, or shots were left pending for
 # want of a render group (cluster busy...: a rerun renders them) (results.parquet, s2v status)
 EXIT_FAILED_SHOTS = 6
-EXIT_ENVIRONMENT = 7  # the run directory's location is full, read-only or forbidden (one line names the path)
+# the run directory's location is full, read-only or forbidden (one line names the path), or no Ray
+# cluster answers at --address (one line says how to start one)
+EXIT_ENVIRONMENT = 7
 EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM; committed work is kept, a rerun resumes
 
 DESCRIPTIONS: dict[int, str] = {
@@ -22,6 +24,6 @@ DESCRIPTIONS: dict[int, str] = {
     EXIT_LEASE_HELD: "another run holds the lease",
     EXIT_FINGERPRINT_CHANGED: "a published shot changed and changes were refused (use --restart)",
     EXIT_FAILED_SHOTS: "finished with failed or unrendered shots",
-    EXIT_ENVIRONMENT: "output location full, read-only or forbidden",
+    EXIT_ENVIRONMENT: "the environment: run directory full, read-only or forbidden, or no Ray cluster at --address",
     EXIT_INTERRUPTED: "interrupted; rerun to resume",
 }

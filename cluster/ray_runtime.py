@@ -30,6 +30,10 @@ class RaySecurityError(ValueError):
     """A binding or authentication choice that would expose the cluster (message says which)."""
 
 
+class RayUnreachable(RuntimeError):
+    """No Ray cluster answers at the given ``--address`` (the environment, not the run: exit 7)."""
+
+
 def _auth_disabled() -> bool:
     return os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "disabled"
 
@@ -70,7 +74,14 @@ def connect(address: str = "local", *, bind_public: bool = False, render_slots: 
         raise RaySecurityError(f"--address {address} is not on loopback and RAY_AUTH_MODE=disabled: joining "
                                "an unauthenticated cluster over the network is refused; enable token "
                                "authentication (and pass --bind-public to confirm)")
-    ctx = ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+    try:
+        ctx = ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+    except (ConnectionError, TimeoutError) as exc:  # no head (not started, rebooted, crashed)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RayUnreachable(
+            f"no Ray cluster at --address {address} ({first}). Start its head first (on one machine: "
+            "`ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1`, see docs/cluster.md), "
+            "or pass --address local for a private Ray that this run starts and stops") from exc
     return {"address": ctx.address_info.get("gcs_address"), "dashboard": ctx.dashboard_url,
             "metrics_export_port": ctx.address_info.get("metrics_export_port")}
 

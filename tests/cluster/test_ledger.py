@@ -543,3 +543,52 @@ def test_a_run_puts_the_callers_sigterm_handler_back():
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_no_ray_cluster_at_the_address_is_the_environment_exit_7(tmp_path, tiny_ckpt, small_manifest, monkeypatch,
+                                                                  capsys):
+    """`--address auto` with no head running (a cron firing after a reboot): one line saying how to
+    start one, exit 7, not an internal error; the run directory stays resumable."""
+    import ray
+
+    import cluster.ray_runtime as rr
+
+    manifest, _ = small_manifest
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+
+    def no_cluster(**kwargs):
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to ...")
+
+    monkeypatch.setattr(ray, "init", no_cluster)
+    with pytest.raises(rr.RayUnreachable, match="ray start --head"):
+        rr.connect("auto")
+    code = run(request(manifest, tmp_path / "run", tiny_ckpt, address="auto"))
+    err = capsys.readouterr().err
+    assert code == ec.EXIT_ENVIRONMENT, err
+    assert "no Ray cluster at --address auto" in err and "--address local" in err and "Traceback" not in err
+
+
+def test_cron_wrapper_names_every_exit_code_and_mails_an_unchanged_night_once(tmp_path):
+    """A fake `s2v`: the environment (7) and a killed driver (137) are named, not "internal error";
+    the same "nothing to do" ending with failed shots is mailed by the first firing only."""
+    script = REPO_ROOT / "scripts" / "s2v-cron.sh"
+    fake = tmp_path / "fake-s2v"
+    run_dir = tmp_path / "run"
+
+    def fire(code: int, says: str) -> subprocess.CompletedProcess:
+        fake.write_text(f"#!/bin/sh\necho '{says}'\nexit {code}\n")
+        fake.chmod(0o755)
+        return subprocess.run([str(script), str(tmp_path / "m.parquet"), str(run_dir)], capture_output=True,
+                              text=True, env={**os.environ, "S2V_BIN": str(fake), "TMPDIR": str(tmp_path)}, timeout=30)
+
+    p = fire(7, "no Ray cluster at --address auto")
+    assert p.returncode == 7 and "no Ray cluster" in p.stderr and "internal error" not in p.stderr
+    p = fire(137, "")
+    assert p.returncode == 137 and "killed by signal 9" in p.stderr
+    nothing = "nothing to do: 3 done, 1 failed of 4 shots (results: r)"
+    assert fire(6, nothing).stderr != ""  # first time: mailed
+    assert fire(6, nothing).stderr == ""  # the same ending again: logged only
+    assert fire(6, "nothing to do: 3 done, 2 failed of 5 shots (results: r)").stderr != ""  # changed: mailed
+    log = (run_dir / "logs" / "cron.log").read_text()
+    assert log.count("exit 6: finished with failed or unrendered shots") == 3
+    assert not list(tmp_path.glob("s2v-cron.*"))  # the firing's temporary output is removed
