@@ -119,7 +119,7 @@ def _device(name: str | None):
 def cmd_render_shot(a: argparse.Namespace) -> int:
     from render.model.components import S2VModels
     from render.shot.pipeline import render_shot
-    from s2v.cli_segments import check_mp4_output
+    from s2v.arguments import check_mp4_output
 
     check_mp4_output("--out", a.out)
     settings = _settings(a)
@@ -248,8 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     from s2v.cli_run import register as register_cluster  # s2v run / status / submit
 
     register_cluster(sub)
-    from s2v.cli_segments import register as register_segments  # segment options, assemble, qa
+    from s2v.cli_assemble import register_assemble  # s2v assemble
+    from s2v.cli_segments import register as register_segments  # segment options, qa
 
+    register_assemble(sub)
     register_segments(sub)
     return ap
 

@@ -104,7 +104,7 @@ def cmd_assemble(a: argparse.Namespace) -> int:
         warnings.append(text)
         print(f"s2v assemble: warning: {text}", file=sys.stderr)
 
-    from s2v.cli_segments import check_mp4_output
+    from s2v.arguments import check_mp4_output
 
     check_mp4_output("--out", a.out)
     shots, unplaced = _planned_shots(a, warn)

@@ -60,18 +60,6 @@ def check_segment_sizes(segment_seconds: float, overlap_seconds: float) -> None:
                          f"{segment_seconds:g} (parallel segments overlap by part of their length)")
 
 
-def check_mp4_output(option: str, path: str) -> None:
-    """A usage error (ValueError, exit 2) unless ``path`` names an .mp4 file: the outputs are H.264 (or
-    H.265) + AAC MP4s, as manifests require (manifests.schema.OUTPUT_SUFFIX). Given another name,
-    FFmpeg would pick that container from the extension and write something else (an AVI a frame short)."""
-    from manifests.schema import OUTPUT_SUFFIX
-
-    name = Path(path).name
-    if not name.lower().endswith(OUTPUT_SUFFIX) or name.lower() == OUTPUT_SUFFIX:
-        raise ValueError(f"{option} {path}: the output is an MP4 (H.264 + AAC); give a file name ending in "
-                         f"{OUTPUT_SUFFIX}")
-
-
 def segment_options(a: argparse.Namespace):
     """SegmentOptions from render-shot's arguments (None when the options are not registered)."""
     if not hasattr(a, "segment_mode"):
@@ -157,10 +145,6 @@ def register(subparsers) -> None:
     rs = subparsers.choices.get("render-shot")
     if rs is not None:
         add_segment_options(rs)
-
-    from s2v.cli_assemble import register_assemble
-
-    register_assemble(subparsers)
 
     from render.quality.curves import SEAM_WINDOW_FRAMES, QualityThresholds
 
