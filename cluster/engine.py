@@ -27,10 +27,11 @@ from typing import Any
 
 import ray
 
+from cluster.engine_prep import PrepFeeding
 from cluster.group import GroupSpec, GroupStartError, RenderGroup, form_group, teardown
 from cluster.ledger import Failure, RunDir, ShotStatus
 from cluster.metrics import RunMetrics
-from cluster.prep import PrepWorker
+from cluster.ray_errors import cause_of, describe_exception, looks_collective, ray_process_died
 from cluster.report import refresh_report
 from cluster.results import stitch_and_record, write_run_results
 from cluster.run_progress import ClipTally, ProgressDisplay, shot_states
@@ -54,11 +55,7 @@ from render.shot.plan import ShotPlan
 
 log = logging.getLogger(__name__)
 
-PrepActor = ray.remote(PrepWorker)
 stitch_remote = ray.remote(stitch_and_record).options(num_cpus=1, max_retries=0)
-_COLLECTIVE_HINTS = ("gloo", "nccl", "connection closed", "connection reset", "timed out", "timeout")
-# Seconds before a failed preparation is tried again, times the shot's failed tries so far.
-PREP_RETRY_PAUSE_S = 5.0
 # failure_type of the shots earlier versions failed when no render group could be started
 _NO_GROUP_FAILURE = "GroupStartError"
 
@@ -84,7 +81,7 @@ class GroupSlot:
     job: Job | None = None
 
 
-class RunEngine:
+class RunEngine(PrepFeeding):
     # Set (by the lease's heartbeat) when another run took the run directory over: from then on
     # this engine writes nothing there (its manifest and shot states are older than the new run's).
     lease_lost: Event | None = None
@@ -207,25 +204,6 @@ class RunEngine:
                             "rendering it again", sid, index)
                 self.run.segment_record(sid, index).unlink(missing_ok=True)
         return out
-
-    def _start_prep(self) -> None:
-        need = [sid for sid in self.queue.shot_order() if sid not in self.prepared]
-        if not need:
-            return
-        self._submit_prep([need[i:i + self.opts.prep_chunk] for i in range(0, len(need), self.opts.prep_chunk)])
-
-    def _submit_prep(self, chunks: list[list[str]]) -> None:
-        """Hand ``chunks`` to the preparation actor, starting one when there is none (its outputs
-        are files in the run directory, so a replacement actor skips whatever a dead one wrote)."""
-        if self.prep_actor is None:
-            name = f"s2v-{self.run_id}-prep" + (f"-r{self.prep_restarts}" if self.prep_restarts else "")
-            self.prep_actor = PrepActor.options(num_cpus=1, name=name).remote(
-                str(self.run.path), self.settings.to_dict(), self.opts.prep_threads,
-                self.opts.prep_text_encoder_device)
-        for chunk in chunks:
-            ref = self.prep_actor.prepare.remote([self.shots[s] for s in chunk],
-                                                 [self.plans[s].to_dict() for s in chunk])
-            self.inflight[ref] = ("prep", chunk)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -426,7 +404,7 @@ class RunEngine:
             self.inflight.pop(r, None)
         # Every rank returned the shot's own out-of-memory error (and freed its memory): the group
         # is whole and in step, so it stays and renders the next shot.
-        kept = len(errors) == len(job.refs) and all(type(_cause(e)).__name__ in NOT_RETRIED for e in errors)
+        kept = len(errors) == len(job.refs) and all(type(cause_of(e)).__name__ in NOT_RETRIED for e in errors)
         if kept:
             slot.job = None
         else:
@@ -435,12 +413,12 @@ class RunEngine:
             self.metrics.group_restarted(slot.name)
         died = [e for e in errors if isinstance(e, ray.exceptions.RayActorError)]
         if died:
-            kind, exc_type, message = INFRA, "RankDied", f"a rank of group {group.label} died: {_describe(died[0])}"
+            kind, exc_type, message = INFRA, "RankDied", f"a rank of group {group.label} died: {describe_exception(died[0])}"
         else:
-            app = [e for e in errors if not _looks_collective(e)]
+            app = [e for e in errors if not looks_collective(e)]
             chosen = app[0] if app else errors[0]
             kind = ERROR if app else INFRA
-            exc_type, message = type(_cause(chosen)).__name__, _describe(chosen)
+            exc_type, message = type(cause_of(chosen)).__name__, describe_exception(chosen)
         if kind == INFRA and self.health.record(group.node_id):
             log.error("node %s excluded after %d failures", group.node_id, self.health.max_failures)
         log.warning("group %s failed on %s segment %d%s: %s", group.label, job.task.shot_id, job.task.index,
@@ -483,12 +461,12 @@ class RunEngine:
         try:
             record = ray.get(ref)
         except Exception as exc:
-            message = f"stitch/publish failed: {_describe(exc)}"
+            message = f"stitch/publish failed: {describe_exception(exc)}"
             # A worker or node that died under the task (OOM killer, node loss) is the cluster's
             # trouble, not the shot's: its constant message must not read as "the same error twice".
-            kind = INFRA if _ray_process_died(exc) else ERROR
+            kind = INFRA if ray_process_died(exc) else ERROR
             log.warning("shot %s: %s (%s)", sid, message, kind)
-            failure = Failure(st.attempts, kind, failure_signature(kind, type(_cause(exc)).__name__, message),
+            failure = Failure(st.attempts, kind, failure_signature(kind, type(cause_of(exc)).__name__, message),
                               message, time.time())
             verdict = judge_failure(st, failure, self.opts.shot_max_failures)
             if verdict.retry:
@@ -496,7 +474,7 @@ class RunEngine:
                 self._save_status(sid, st)
                 self._start_stitch(sid)
             else:
-                self._fail(sid, verdict.reason, "stitch", type(_cause(exc)).__name__)
+                self._fail(sid, verdict.reason, "stitch", type(cause_of(exc)).__name__)
             return
         st.state, st.finished_at, st.error = "done", record["published_at"], None
         self._save_status(sid, st)
@@ -504,83 +482,6 @@ class RunEngine:
             self.metrics.shot_published(st.finished_at - st.started_at)
         log.info("shot %s published: %s (%d frames, sha256 %s)", sid, record["output"], record["frames"],
                  record["sha256"][:12])
-
-    def _prep_returned(self, chunk: list[str], ref: Any) -> None:
-        try:
-            outcome = ray.get(ref)
-        except ray.exceptions.RayActorError as exc:
-            self._prep_actor_died(chunk, exc)
-            return
-        except Exception as exc:  # the call itself raised (e.g. umT5 on a card a render group fills)
-            outcome = {sid: _describe(exc) for sid in chunk}
-            whole_call = True
-        else:
-            whole_call = False
-        again = []
-        for sid, error in outcome.items():
-            if error is None:
-                self.prepared.add(sid)
-            elif self._terminal(sid):
-                continue
-            elif self.prep_tries[sid] < self.opts.prep_retries:  # may pass: memory, a file system hiccup
-                self.prep_tries[sid] += 1
-                log.warning("shot %s: preparation failed (%s); trying again (%d/%d)", sid, error,
-                            self.prep_tries[sid], self.opts.prep_retries)
-                again.append(sid)
-            else:  # "ExceptionType: message" (cluster.prep)
-                tries = self.prep_tries[sid] + 1
-                self._fail(sid, f"preparation failed{f' {tries} times' if tries > 1 else ''}: {error}", "preparation",
-                           error.split(":", 1)[0].strip() or None)
-        if again:
-            # After a pause (the card or file system may recover), and each shot alone when the
-            # whole call raised: one bad prompt must not spend its chunk-mates' tries. The actor is
-            # ended below when nothing else is in it, so a retry starts from a fresh one.
-            due = time.time() + PREP_RETRY_PAUSE_S * max(self.prep_tries[s] for s in again)
-            self.prep_retry_due.extend((due, c) for c in ([[s] for s in again] if whole_call else [again]))
-        if not any(k == "prep" for k, _ in self.inflight.values()) and self.prep_actor is not None:
-            with contextlib.suppress(Exception):
-                ray.kill(self.prep_actor)  # frees the text encoder's and wav2vec's memory
-            self.prep_actor = None
-
-    def _submit_due_prep(self) -> None:
-        now = time.time()
-        due = [c for t, c in self.prep_retry_due if t <= now]
-        if due:
-            self.prep_retry_due = [(t, c) for t, c in self.prep_retry_due if t > now]
-            self._submit_prep(due)
-
-    def _prep_actor_died(self, chunk: list[str], exc: BaseException) -> None:
-        """The preparation actor died (kill -9, OOM, node loss): every chunk it still held is
-        lost with it. Restart it and re-submit them, within ``prep_max_restarts``; past that,
-        fail their shots as an infrastructure failure."""
-        lost = [chunk]
-        for r, (kind, what) in list(self.inflight.items()):
-            if kind == "prep":
-                del self.inflight[r]
-                lost.append(what)
-        with contextlib.suppress(Exception):
-            ray.kill(self.prep_actor)
-        self.prep_actor = None
-        lost = [[sid for sid in c if not self._terminal(sid)] for c in lost]
-        lost = [c for c in lost if c]
-        if not lost:
-            return
-        message = _describe(exc)
-        if self.prep_restarts < self.opts.prep_max_restarts:
-            self.prep_restarts += 1
-            log.warning("preparation actor died (%s); restarting it (%d/%d) for %d unfinished shot(s)", message,
-                        self.prep_restarts, self.opts.prep_max_restarts, sum(len(c) for c in lost))
-            self._submit_prep(lost)
-            return
-        reason = (f"preparation failed: the preparation actor died {self.prep_restarts + 1} times "
-                  f"(restart budget {self.opts.prep_max_restarts} spent): {message}")
-        for c in lost:
-            for sid in c:
-                st = self.status.setdefault(sid, ShotStatus())
-                st.attempts += 1  # its preparation was attempted: counted like a render attempt
-                st.failures.append(Failure(st.attempts, INFRA, failure_signature(INFRA, "PrepActorDied", message),
-                                           message, time.time()))
-                self._fail(sid, reason, "preparation", "PrepActorDied")
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
@@ -669,39 +570,3 @@ def _unwritable_output(shot: Shot) -> str | None:
             exc.filename = str(out_dir)
         return f"output directory not writable: {describe_os_error(exc)}"
     return None
-
-
-# What Ray raises when the process running a task or actor is gone (killed, crashed, its node lost).
-_RAY_DEATHS = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
-               ray.exceptions.LocalRayletDiedError, ray.exceptions.OutOfMemoryError, ray.exceptions.ObjectLostError)
-
-
-def _ray_process_died(exc: BaseException) -> bool:
-    return isinstance(exc, _RAY_DEATHS) or isinstance(_cause(exc), _RAY_DEATHS)
-
-
-def _cause(exc: BaseException) -> BaseException:
-    return getattr(exc, "cause", None) or exc
-
-
-def _describe(exc: BaseException) -> str:
-    cause = _cause(exc)
-    lines = [ln for ln in str(cause).strip().splitlines() if ln.strip()]
-    if isinstance(cause, ray.exceptions.RayActorError):
-        return lines[0] if lines else type(cause).__name__
-    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:2000]
-
-
-def _looks_collective(exc: BaseException) -> bool:
-    cause = _cause(exc)
-    if type(cause).__name__ == "GroupCommError":
-        return True
-    try:
-        import torch.distributed as dist
-
-        if isinstance(cause, dist.DistError):
-            return True
-    except (ImportError, AttributeError):
-        pass
-    text = str(cause).lower()
-    return isinstance(cause, RuntimeError) and any(h in text for h in _COLLECTIVE_HINTS)

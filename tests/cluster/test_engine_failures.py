@@ -10,6 +10,7 @@ import ray.exceptions
 
 import cluster.engine as engine_mod
 from cluster.engine import GroupSlot, RunEngine
+from cluster.engine_prep import PREP_RETRY_PAUSE_S
 from cluster.ledger import RunDir, ShotStatus
 from cluster.scheduler import INFRA, SegmentQueue, SegmentTask
 from cluster.settings import EngineOptions
@@ -45,7 +46,7 @@ def test_a_preparation_call_that_raised_is_tried_again_before_its_shots_fail(tmp
         assert len(sent) == n  # not at once: after a pause
         assert eng._progress_possible()  # a paused retry keeps the run going
         pause = [t for t, _ in eng.prep_retry_due]
-        assert pause and min(pause) > engine_mod.time.time() + 0.5 * engine_mod.PREP_RETRY_PAUSE_S * (n + 1)
+        assert pause and min(pause) > engine_mod.time.time() + 0.5 * PREP_RETRY_PAUSE_S * (n + 1)
         with monkeypatch.context() as m:
             m.setattr(engine_mod.time, "time", lambda: 10**12)
             eng._submit_due_prep()
