@@ -140,7 +140,7 @@ class RunEngine(PrepFeeding):
             elif st.state == "failed" and (self.retry_failed or st.failure_type == _NO_GROUP_FAILURE):
                 # Run directories of earlier versions failed shots no render group could take; they
                 # stay pending now (the cluster was busy or down, the shot had no fair try).
-                st = ShotStatus(attempts=st.attempts)
+                st = st.retried()
             elif st.state != "failed":
                 st.state = "pending"
             self.status[sid] = st

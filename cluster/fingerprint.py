@@ -68,10 +68,6 @@ def json_digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def model_digest(ckpt_dir: str | Path) -> str:
-    return checkpoint_digest(ckpt_dir)
-
-
 def code_digest() -> str:
     """Hash of the package version and the frame-shaping source; ``S2V_CODE_VERSION`` (e.g. a
     release tag or commit) replaces it for deployments that name their code versions."""
@@ -106,7 +102,7 @@ def environment(settings: RunSettings, text_encoder_device: str = "cpu") -> dict
     code = code_digest()
     if text_encoder_device != "cpu":
         code = json_digest([code, "text encoder on", text_encoder_device.split(":")[0]])
-    return {"model": model_digest(settings.ckpt), "code": code}
+    return {"model": checkpoint_digest(settings.ckpt), "code": code}
 
 
 class InputHashes:

@@ -85,6 +85,11 @@ class ShotStatus:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def retried(self) -> ShotStatus:
+        """The status of a failed shot given new attempts: pending, its failures forgotten,
+        attempt numbers going on (its plan and committed segments stay in the run directory)."""
+        return ShotStatus(attempts=self.attempts)
+
     def check(self, shot_id: str) -> None:
         """Refuse a status that results.parquet could not record. Checked where a status is
         written, so a bad value fails the one call that made it (naming the shot) instead of
@@ -246,11 +251,10 @@ class RunDir:
             self.write_status(shot_id, status)
 
     def retry(self, shot_id: str) -> None:
-        """Give a failed shot new attempts (its row was edited): pending again, its failures
-        forgotten; its plan and committed segments stay, attempt numbers go on."""
+        """Give a failed shot new attempts (its row was edited; ``ShotStatus.retried``)."""
         status = self.read_status(shot_id)
         if status.state == "failed":
-            self.write_status(shot_id, ShotStatus(attempts=status.attempts))
+            self.write_status(shot_id, status.retried())
 
     def read_plan(self, shot_id: str) -> dict[str, Any] | None:
         return read_json(self.plan_file(shot_id))

@@ -134,6 +134,11 @@ def character_file(out_dir: Path, seed: int) -> Path:
     return _atomic_copy_or_write(out_dir / f"demo_character-seed{seed}.png", draw)
 
 
+def demo_run_dir(out_dir: Path) -> Path:
+    """The run directory of the demo in ``out_dir`` (s2v demo has no --run-dir)."""
+    return out_dir / "run"
+
+
 def changed_options(manifest: Path, row: dict) -> list[str]:
     """What differs between ``row`` and the demo's earlier manifest, as "--steps 8 -> 4" (empty when
     there is none, or it cannot be read: the run then decides from its ledger)."""
@@ -176,7 +181,7 @@ def build_request(o: DemoOptions, manifest: Path, ckpt: Path):
     # take one CPU each, so 2 CPUs never deadlock and fit a 2-core machine. Preparation happens
     # before rendering and stitching after it, so each may use every core for its threads.
     engine = EngineOptions(group_size=1, groups=1, cpu_threads_per_rank=threads, prep_threads=threads)
-    return RunRequest(manifest=manifest, run_dir=o.out_dir / "run", settings=RunSettings(ckpt=str(ckpt.resolve())),
+    return RunRequest(manifest=manifest, run_dir=demo_run_dir(o.out_dir), settings=RunSettings(ckpt=str(ckpt.resolve())),
                       engine=engine, address="local", restart=o.restart, num_cpus=2,
                       refuse_changed=True)
 
@@ -202,7 +207,7 @@ def run_demo(o: DemoOptions) -> int:
     row = dict(shot_id=SHOT_ID, audio=str(audio), image=str(image), prompt=PROMPT, output=str(output),
                size=o.size, steps=o.steps, seed=o.seed)
     manifest = out_dir / "demo.parquet"
-    run_dir = RunDir(out_dir / "run")
+    run_dir = RunDir(demo_run_dir(out_dir))
     already = run_dir.is_published(SHOT_ID) and not o.restart
     changed = changed_options(manifest, row) if already else []
     if changed:
